@@ -1,0 +1,1 @@
+"""Rayleigh's gateway: authentication, allow-lists and rate limits in front of the models."""

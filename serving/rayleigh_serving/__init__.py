@@ -1,0 +1,1 @@
+"""Rayleigh's data plane: the Ray Serve application around vLLM and the local runner."""
