@@ -1,0 +1,212 @@
+"""The gateway's route configuration: one `Route` per ModelDeployment, plus global settings.
+
+The operator renders this into a ConfigMap (one entry per ModelDeployment, from its
+`spec.gateway` section, same camelCase names); the gateway reads it from a mounted file and
+reloads it when the file changes. Pure pydantic models: no heavy imports here, so the operator
+can import this module to render the config.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", frozen=True)
+
+
+class SecretKeyRef(_Model):
+    """A key in a Kubernetes Secret (the operator resolves it into the rendered config)."""
+
+    name: str
+    key: str
+
+
+class JWTConfig(_Model):
+    """JWT verification for a route. Exactly one key source: a JWKS URL, a PEM public key or an
+    HMAC secret. The algorithm list is pinned: `none` is never accepted, and HMAC algorithms are
+    only allowed with an HMAC secret (and asymmetric ones only with public keys), so a token
+    signed with HS256 using the public key as secret is rejected."""
+
+    issuer: str = Field(description="Required `iss` claim.")
+    audience: str | list[str] = Field(description="Required `aud` claim (one of).")
+    jwks_url: str | None = Field(default=None, alias="jwksUrl", description="JWKS endpoint, cached.")
+    public_key: str | None = Field(default=None, alias="publicKey", description="PEM public key.")
+    hmac_secret: str | None = Field(default=None, alias="hmacSecret", description="HS* shared secret.")
+    public_key_secret_ref: SecretKeyRef | None = Field(default=None, alias="publicKeySecretRef")
+    hmac_secret_ref: SecretKeyRef | None = Field(default=None, alias="hmacSecretRef")
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256"], min_length=1)
+    jwks_cache_seconds: float = Field(default=300.0, alias="jwksCacheSeconds", gt=0)
+    leeway_seconds: float = Field(default=0.0, alias="leewaySeconds", ge=0, le=300)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _known_algorithms(cls, value: list[str]) -> list[str]:
+        for alg in value:
+            if alg.lower() == "none":
+                raise ValueError("algorithm 'none' is never accepted")
+            if alg not in HMAC_ALGORITHMS and alg not in ASYMMETRIC_ALGORITHMS:
+                raise ValueError(
+                    f"unknown algorithm {alg!r}; expected one of "
+                    f"{sorted(HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS)}"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> JWTConfig:
+        sources = [
+            s
+            for s, v in (
+                ("jwksUrl", self.jwks_url),
+                ("publicKey", self.public_key),
+                ("hmacSecret", self.hmac_secret),
+            )
+            if v
+        ]
+        if len(sources) != 1:
+            refs = self.public_key_secret_ref or self.hmac_secret_ref
+            hint = " (secret refs must be resolved by the operator into publicKey/hmacSecret)" if refs else ""
+            raise ValueError(f"exactly one of jwksUrl, publicKey, hmacSecret is required, got {sources}{hint}")
+        hmac_algs = [a for a in self.algorithms if a in HMAC_ALGORITHMS]
+        asym_algs = [a for a in self.algorithms if a in ASYMMETRIC_ALGORITHMS]
+        if self.hmac_secret and asym_algs:
+            raise ValueError(f"hmacSecret allows only HS* algorithms, not {asym_algs}")
+        if (self.jwks_url or self.public_key) and hmac_algs:
+            raise ValueError(
+                f"a public key (jwksUrl/publicKey) allows only asymmetric algorithms, not {hmac_algs} "
+                "(HS/RS confusion)"
+            )
+        return self
+
+
+class AuthConfig(_Model):
+    api_keys: bool = Field(default=True, alias="apiKeys", description="Accept keys from the key store.")
+    jwt: JWTConfig | None = None
+
+
+class RateLimits(_Model):
+    """Token buckets in Redis. Each limit is per minute with a burst of one minute's budget."""
+
+    requests_per_minute: int | None = Field(default=None, alias="requestsPerMinute", gt=0)
+    tokens_per_minute: int | None = Field(default=None, alias="tokensPerMinute", gt=0)
+    model_requests_per_minute: int | None = Field(default=None, alias="modelRequestsPerMinute", gt=0)
+    model_tokens_per_minute: int | None = Field(default=None, alias="modelTokensPerMinute", gt=0)
+    fail_mode: Literal["open", "closed"] = Field(default="closed", alias="failMode")
+
+
+class Route(_Model):
+    name: str = Field(min_length=1)
+    namespace: str = "default"
+    backend: str = Field(description="Base URL of the model's OpenAI endpoint, e.g. http://tiny-head:8000")
+    models: list[str] = Field(min_length=1, description="Served names, LoRA adapter names included.")
+    public: bool = False
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    allowed_cidrs: list[str] = Field(default_factory=list, alias="allowedCIDRs")
+    rate_limits: RateLimits = Field(default_factory=RateLimits, alias="rateLimits")
+
+    @field_validator("backend")
+    @classmethod
+    def _http_backend(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"backend must be an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("allowed_cidrs")
+    @classmethod
+    def _valid_cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"invalid CIDR {cidr!r}: {exc}") from None
+        return value
+
+
+class Limits(_Model):
+    """Request handling limits of the gateway itself."""
+
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, alias="maxBodyBytes", gt=0)
+    connect_timeout_seconds: float = Field(default=5.0, alias="connectTimeoutSeconds", gt=0)
+    read_timeout_seconds: float = Field(default=600.0, alias="readTimeoutSeconds", gt=0)
+    default_max_tokens: int = Field(
+        default=512,
+        alias="defaultMaxTokens",
+        gt=0,
+        description="Tokens charged up front for a request without max_tokens (corrected after).",
+    )
+    upstream_connections: int = Field(default=512, alias="upstreamConnections", ge=0)
+
+
+class GatewayConfig(_Model):
+    routes: list[Route] = Field(default_factory=list)
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        alias="trustedProxies",
+        description="CIDRs of proxies whose X-Forwarded-For is believed.",
+    )
+    limits: Limits = Field(default_factory=Limits)
+    log_prompts: bool = Field(default=False, alias="logPrompts")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_proxies(cls, value: list[str]) -> list[str]:
+        return Route._valid_cidrs(value)
+
+    @model_validator(mode="after")
+    def _unique(self) -> GatewayConfig:
+        seen: dict[str, str] = {}
+        names: set[tuple[str, str]] = set()
+        for route in self.routes:
+            if (route.namespace, route.name) in names:
+                raise ValueError(f"duplicate route {route.namespace}/{route.name}")
+            names.add((route.namespace, route.name))
+            for model in route.models:
+                if model in seen:
+                    raise ValueError(
+                        f"model {model!r} is served by two routes: {seen[model]} and "
+                        f"{route.namespace}/{route.name}"
+                    )
+                seen[model] = f"{route.namespace}/{route.name}"
+        return self
+
+
+class ConfigError(ValueError):
+    """The config file cannot be used; the message names the file and the field."""
+
+
+def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
+    if data is None:
+        data = {}
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{source}: invalid gateway config:"]
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+            lines.append(f"  {loc}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read a gateway config from YAML or JSON (JSON is YAML, but use the faster parser)."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read gateway config: {exc.strerror}") from None
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{p}: not valid YAML/JSON: {exc}") from None
+    return parse_config(data, str(p))
