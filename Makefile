@@ -5,7 +5,7 @@ STAMP := $(VENV)/.rayleigh-installed
 export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 export VLLM_TARGET_DEVICE := cpu
 
-.PHONY: install lint format test unit demo crd golden bench clean
+.PHONY: install lint format test unit demo crd docs bench clean
 
 $(STAMP): pyproject.toml scripts/install-python.sh
 	scripts/install-system.sh
@@ -35,6 +35,10 @@ unit: $(STAMP)
 crd: $(STAMP)
 	$(VENV)/bin/rayleigh crd > manifests/crds/serving.rayleigh.dev_modeldeployments.yaml
 	cp manifests/crds/serving.rayleigh.dev_modeldeployments.yaml charts/rayleigh/crds/
+
+# Regenerate the API field reference (same text as `rayleigh explain` / `kubectl explain`).
+docs: $(STAMP)
+	$(PY) -c "from rayleigh_operator.reference import markdown; print(markdown(), end='')" > docs/API.md
 
 # Serve the tiny bundled model locally through the gateway (no cluster, no GPU).
 demo: $(STAMP)

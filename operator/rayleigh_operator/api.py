@@ -62,7 +62,9 @@ DENIED_EXTRA_ARGS = [
     "chat-template",
 ]
 _DENY_REGEX = "^--?(" + "|".join(DENIED_EXTRA_ARGS) + ")(=.*)?$"
-ExtraArg = Annotated[str, StringConstraints(min_length=2, max_length=512, pattern=r"^--?[A-Za-z0-9][A-Za-z0-9_\-]*(=.*)?$")]
+ExtraArg = Annotated[
+    str, StringConstraints(min_length=2, max_length=512, pattern=r"^--?[A-Za-z0-9][A-Za-z0-9_\-]*(=.*)?$")
+]
 
 
 @dataclass(frozen=True)
@@ -269,9 +271,7 @@ class EngineSpec(ApiModel):
 
 
 class Adapter(ApiModel):
-    name: str = Field(
-        pattern=MODEL_NAME_PATTERN, description="Model name clients use to reach this adapter."
-    )
+    name: str = Field(pattern=MODEL_NAME_PATTERN, description="Model name clients use to reach this adapter.")
     source: str = Field(
         max_length=1024, pattern=SOURCE_PATTERN, description="Where the LoRA adapter's weights come from."
     )
@@ -366,13 +366,19 @@ class Resources(ApiModel):
     )
 
 
+JwtAlgorithm = Literal["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "HS256", "HS384", "HS512"]
+
+
+def _default_algorithms() -> list[JwtAlgorithm]:
+    return ["RS256"]
+
+
 class JwtAuth(ApiModel):
     """JSON Web Token validation: issuer and audience are always checked, algorithms are pinned."""
 
     RULES: ClassVar[list[Rule]] = [
         Rule(
-            "[has(self.jwksUrl), has(self.publicKeySecretRef), has(self.hmacSecretRef)]"
-            ".filter(x, x).size() == 1",
+            "[has(self.jwksUrl), has(self.publicKeySecretRef), has(self.hmacSecretRef)].filter(x, x).size() == 1",
             "set exactly one key source: jwksUrl, publicKeySecretRef or hmacSecretRef",
         ),
         Rule(
@@ -400,23 +406,17 @@ class JwtAuth(ApiModel):
     public_key_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Secret holding a PEM public key (RS*/ES*/PS*)."
     )
-    hmac_secret_ref: SecretKeyRef | None = Field(
-        default=None, description="Secret holding a shared HMAC secret (HS*)."
-    )
-    algorithms: list[Literal["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "HS256", "HS384", "HS512"]] = (
-        Field(
-            default_factory=lambda: ["RS256"],
-            min_length=1,
-            max_length=9,
-            description="Accepted signing algorithms; 'none' is never accepted.",
-        )
+    hmac_secret_ref: SecretKeyRef | None = Field(default=None, description="Secret holding a shared HMAC secret (HS*).")
+    algorithms: list[JwtAlgorithm] = Field(
+        default_factory=_default_algorithms,
+        min_length=1,
+        max_length=9,
+        description="Accepted signing algorithms; 'none' is never accepted.",
     )
 
 
 class GatewayAuth(ApiModel):
-    api_keys: bool = Field(
-        default=True, description="Accept the gateway's API keys (managed with `rayleigh keys`)."
-    )
+    api_keys: bool = Field(default=True, description="Accept the gateway's API keys (managed with `rayleigh keys`).")
     jwt: JwtAuth | None = Field(default=None, description="Also accept JWTs from this issuer.")
 
 
@@ -505,9 +505,7 @@ class ImageSpec(ApiModel):
     pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         default="IfNotPresent", description="Image pull policy."
     )
-    pull_secrets: list[str] = Field(
-        default_factory=list, max_length=16, description="Names of image pull Secrets."
-    )
+    pull_secrets: list[str] = Field(default_factory=list, max_length=16, description="Names of image pull Secrets.")
 
 
 class ServingSpec(ApiModel):
@@ -562,9 +560,7 @@ class ModelDeploymentSpec(ApiModel):
     adapters: list[Adapter] = Field(
         default_factory=list, max_length=32, description="LoRA adapters served as extra model names."
     )
-    replicas: int = Field(
-        default=1, ge=0, le=1000, description="Number of replicas (each with resources.gpus GPUs)."
-    )
+    replicas: int = Field(default=1, ge=0, le=1000, description="Number of replicas (each with resources.gpus GPUs).")
     autoscaling: Autoscaling | None = Field(
         default=None, description="Scale replicas automatically on a serving signal."
     )
@@ -605,13 +601,20 @@ class ModelDeploymentStatus(ApiModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
 
     phase: Phase | None = Field(default=None, description="Pending, Deploying, Ready, Degraded or Failed.")
-    conditions: list[Condition] = Field(default_factory=list, description="Latest observations.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Latest observations, one per type.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
     replicas: int | None = Field(default=None, description="Replicas that exist.")
     ready_replicas: int | None = Field(default=None, description="Replicas that can serve requests.")
     selector: str | None = Field(default=None, description="Label selector of replica pods (for the HPA).")
     endpoint: str | None = Field(default=None, description="OpenAI base URL through the gateway.")
     observed_generation: int | None = Field(default=None, description="Generation last reconciled.")
-    served_models: list[str] = Field(default_factory=list, description="Model names served (base + adapters).")
+    served_models: list[str] = Field(
+        default_factory=list, max_length=64, description="Model names served (base + adapters)."
+    )
 
 
 class ModelDeployment(ApiModel):
@@ -619,8 +622,8 @@ class ModelDeployment(ApiModel):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
-    api_version: Literal["serving.rayleigh.dev/v1alpha1"] = Field(default=API_VERSION)
-    kind: Literal["ModelDeployment"] = Field(default=KIND)
+    api_version: Literal["serving.rayleigh.dev/v1alpha1"] = "serving.rayleigh.dev/v1alpha1"
+    kind: Literal["ModelDeployment"] = "ModelDeployment"
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: ModelDeploymentSpec
     status: ModelDeploymentStatus | None = None

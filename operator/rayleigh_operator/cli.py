@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "crd": "rayleigh_operator.commands:crd",
     "validate": "rayleigh_operator.commands:validate",
     "plan": "rayleigh_operator.commands:plan",
+    "explain": "rayleigh_operator.commands:explain_command",
     "render": "rayleigh_operator.render_cli:render",
     "operator": "rayleigh_operator.run:operator",
     "gateway": "rayleigh_gateway.cli:gateway",
