@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from rayleigh_operator import crd
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,6 +8,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from click.testing import CliRunner
+
 from rayleigh_operator import api, crd
 from rayleigh_operator.cli import main
 from rayleigh_operator.validation import evaluate_rule

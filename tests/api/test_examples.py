@@ -7,6 +7,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 from click.testing import CliRunner
+
 from rayleigh_operator import crd
 from rayleigh_operator.cli import main
 from rayleigh_operator.validation import validate_document

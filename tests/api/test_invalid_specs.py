@@ -17,6 +17,7 @@ import jsonschema
 import pytest
 import yaml
 from click.testing import CliRunner
+
 from rayleigh_operator import crd
 from rayleigh_operator.cli import main
 from rayleigh_operator.validation import apply_defaults, evaluate_rule

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
+
 from rayleigh_operator import planner
 from rayleigh_operator.api import ModelDeployment
 from rayleigh_operator.cli import main

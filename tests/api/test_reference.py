@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from click.testing import CliRunner
+
 from rayleigh_operator import reference
 from rayleigh_operator.cli import main
 
