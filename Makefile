@@ -5,7 +5,7 @@ STAMP := $(VENV)/.rayleigh-installed
 export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 export VLLM_TARGET_DEVICE := cpu
 
-.PHONY: install lint format test unit demo crd docs bench clean
+.PHONY: install lint format test unit demo crd docs sync bench clean
 
 $(STAMP): pyproject.toml scripts/install-python.sh
 	scripts/install-system.sh
@@ -25,8 +25,10 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 
 # The whole suite: lint, unit, and integration tests against real Redis, Ray, vLLM and Prometheus.
+# pytest's exit code 5 ("no tests collected") is a failure, never a pass.
 test: lint
-	$(PY) -m pytest -p no:cacheprovider --timeout=900 tests
+	$(PY) -m pytest -p no:cacheprovider --timeout=900 --durations=15 tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 unit: $(STAMP)
 	$(PY) -m pytest -p no:cacheprovider -m "not integration" tests
@@ -35,6 +37,10 @@ unit: $(STAMP)
 crd: $(STAMP)
 	$(VENV)/bin/rayleigh crd > manifests/crds/serving.rayleigh.dev_modeldeployments.yaml
 	cp manifests/crds/serving.rayleigh.dev_modeldeployments.yaml charts/rayleigh/crds/
+
+# Regenerate dashboards JSON and copy generated files (CRD, dashboards, RBAC rules) into the chart.
+sync: $(STAMP)
+	$(PY) charts/sync.py
 
 # Regenerate the API field reference (same text as `rayleigh explain` / `kubectl explain`).
 docs: $(STAMP)
