@@ -139,7 +139,7 @@ class KeyStore:
             requests_per_minute=requests_per_minute,
             tokens_per_minute=tokens_per_minute,
             expires_at=expires_at,
-            created_at=time.time(),
+            created_at=float(int(time.time())),
         )
         self.records[key_id] = record
         return key, record

@@ -58,8 +58,7 @@ class JWTConfig(_Model):
                 raise ValueError("algorithm 'none' is never accepted")
             if alg not in HMAC_ALGORITHMS and alg not in ASYMMETRIC_ALGORITHMS:
                 raise ValueError(
-                    f"unknown algorithm {alg!r}; expected one of "
-                    f"{sorted(HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS)}"
+                    f"unknown algorithm {alg!r}; expected one of {sorted(HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS)}"
                 )
         return value
 
@@ -84,8 +83,7 @@ class JWTConfig(_Model):
             raise ValueError(f"hmacSecret allows only HS* algorithms, not {asym_algs}")
         if (self.jwks_url or self.public_key) and hmac_algs:
             raise ValueError(
-                f"a public key (jwksUrl/publicKey) allows only asymmetric algorithms, not {hmac_algs} "
-                "(HS/RS confusion)"
+                f"a public key (jwksUrl/publicKey) allows only asymmetric algorithms, not {hmac_algs} (HS/RS confusion)"
             )
         return self
 
@@ -174,8 +172,7 @@ class GatewayConfig(_Model):
             for model in route.models:
                 if model in seen:
                     raise ValueError(
-                        f"model {model!r} is served by two routes: {seen[model]} and "
-                        f"{route.namespace}/{route.name}"
+                        f"model {model!r} is served by two routes: {seen[model]} and {route.namespace}/{route.name}"
                     )
                 seen[model] = f"{route.namespace}/{route.name}"
         return self

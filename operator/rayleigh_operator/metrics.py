@@ -1,0 +1,31 @@
+"""The operator's Prometheus metrics (documented in docs/metrics/operator.md)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECONCILES = Counter(
+    "rayleigh_operator_reconciles_total",
+    "ModelDeployment reconciles (children applied) by result: applied, invalid, error.",
+    ["result"],
+)
+RECONCILE_SECONDS = Histogram(
+    "rayleigh_operator_reconcile_duration_seconds",
+    "Time to render and server-side apply a ModelDeployment's children and write its status.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+SERVE_DEPLOYS = Counter(
+    "rayleigh_operator_serve_deploys_total",
+    "PUTs of a Serve config to a Ray dashboard by result: accepted, rejected, unreachable, conflict.",
+    ["result"],
+)
+CHILD_RESTORES = Counter(
+    "rayleigh_operator_child_restores_total",
+    "Children re-applied because they were deleted or edited by hand, by kind.",
+    ["kind"],
+)
+MODEL_DEPLOYMENTS = Gauge(
+    "rayleigh_operator_model_deployments",
+    "ModelDeployments this operator tracks, by phase.",
+    ["phase"],
+)

@@ -1,0 +1,89 @@
+"""`rayleigh render -f md.yaml`: print the objects the operator would apply, offline."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from typing import Any
+
+import click
+import yaml
+
+
+@click.command("render")
+@click.option("-f", "--filename", required=True, help="ModelDeployment YAML file ('-' reads standard input).")
+@click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
+@click.option("--image", default=None, help="Ray + vLLM replica image (default: this release's image).")
+@click.option("--route-prefix", default="/", show_default=True, help="Serve route prefix of the application.")
+@click.option("--monitoring/--no-monitoring", default=False, show_default=True, help="Also render a PodMonitor.")
+@click.option("--gateway-namespace", default="rayleigh-system", show_default=True)
+@click.option("--operator-namespace", default="rayleigh-system", show_default=True)
+@click.option("--gcs-redis-address", default=None, help="host:port of a Redis for Ray GCS fault tolerance.")
+@click.option(
+    "--serve-config/--no-serve-config",
+    default=False,
+    show_default=True,
+    help="Print the Ray Serve config the operator PUTs to the dashboard instead of the Kubernetes objects.",
+)
+def render(
+    filename: str,
+    output: str,
+    image: str | None,
+    route_prefix: str,
+    monitoring: bool,
+    gateway_namespace: str,
+    operator_namespace: str,
+    gcs_redis_address: str | None,
+    serve_config: bool,
+) -> None:
+    """Print the Kubernetes objects the operator creates for a ModelDeployment.
+
+    Works offline (no cluster). Objects get ownerReferences only when the input has
+    metadata.uid, as it has once it exists in a cluster.
+    """
+    from rayleigh_operator import render as r
+    from rayleigh_operator.api import load_model_deployment
+    from rayleigh_operator.validation import SpecError
+
+    try:
+        md = load_model_deployment(filename)
+    except SpecError as exc:
+        for problem in exc.problems:
+            click.echo(f"error: {problem}", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        raise click.FileError(filename, hint=str(exc.strerror)) from None
+    options = r.RenderOptions(
+        route_prefix=route_prefix,
+        monitoring=monitoring,
+        gateway_namespace=gateway_namespace,
+        operator_namespace=operator_namespace,
+        gcs_redis_address=gcs_redis_address,
+    )
+    if image:
+        options = dataclasses.replace(options, image=image)
+    try:
+        if serve_config:
+            from rayleigh_serving.config import ServeConfigError, build_serve_config
+
+            try:
+                objs: list[dict[str, Any]] = [build_serve_config(md, route_prefix=route_prefix)]
+            except ServeConfigError as exc:
+                raise r.RenderError(exc.problems) from None
+        else:
+            objs = r.render(md, options=options)
+    except r.RenderError as exc:
+        for path, message in exc.problems:
+            click.echo(f"error: {path}: {message}" if path else f"error: {message}", err=True)
+        sys.exit(1)
+    click.echo(dump(objs, output), nl=False)
+
+
+def dump(objs: list[dict[str, Any]], output: str = "yaml") -> str:
+    if output == "json":
+        return (
+            json.dumps(objs[0] if len(objs) == 1 else {"apiVersion": "v1", "kind": "List", "items": objs}, indent=2)
+            + "\n"
+        )
+    return "".join("---\n" + yaml.safe_dump(o, sort_keys=False, width=120) for o in objs)

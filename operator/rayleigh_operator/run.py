@@ -1,0 +1,213 @@
+"""`rayleigh operator`: run the kopf operator and its tracker in one asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+@click.command("operator")
+@click.option("--kubeconfig", default=None, help="Kubeconfig file (default: in-cluster, then $KUBECONFIG).")
+@click.option("--context", default=None, help="Kubeconfig context.")
+@click.option("-n", "--namespace", "namespaces", multiple=True, help="Namespace to watch (repeatable); default: all.")
+@click.option("--image", default=None, help="Ray + vLLM replica image for ModelDeployments without image.name.")
+@click.option(
+    "--dashboard-url",
+    default="http://{name}-head.{namespace}.svc:8265",
+    show_default=True,
+    help="Ray dashboard URL template ({name}, {namespace}).",
+)
+@click.option(
+    "--endpoint",
+    default="http://rayleigh-gateway.rayleigh-system.svc/v1",
+    show_default=True,
+    help="status.endpoint template ({name}, {namespace}, {route_prefix}).",
+)
+@click.option("--app-name", default="{name}", show_default=True, help="Serve application name template.")
+@click.option("--route-prefix", default="/", show_default=True, help="Serve route prefix template.")
+@click.option(
+    "--external-ray/--owned-ray",
+    default=False,
+    show_default=True,
+    help="The Ray cluster at --dashboard-url is shared, not a child: remove the Serve app on delete.",
+)
+@click.option(
+    "--local-base",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Resolve relative file:// model paths against this directory (local mode, tests).",
+)
+@click.option(
+    "--poll-seconds",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Status polling interval of a ModelDeployment that is not settled.",
+)
+@click.option(
+    "--resync-seconds",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Full resync interval: bound on restoring deleted or edited children.",
+)
+@click.option("--gpu-check/--no-gpu-check", default=True, show_default=True)
+@click.option(
+    "--metric-check/--no-metric-check",
+    default=True,
+    show_default=True,
+    help="Check the custom metrics API before creating an HPA.",
+)
+@click.option(
+    "--monitoring",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="Render PodMonitors: auto when monitoring.coreos.com/v1 is served.",
+)
+@click.option("--gateway-namespace", default="rayleigh-system", show_default=True)
+@click.option("--operator-namespace", default="rayleigh-system", show_default=True)
+@click.option("--gcs-redis-address", default=None, help="host:port of Redis for Ray GCS fault tolerance.")
+@click.option("--gcs-redis-password-secret", default=None, help="Secret (key 'password') for that Redis.")
+@click.option("--metrics-port", type=int, default=8080, show_default=True, help="Prometheus port; 0: off.")
+@click.option("--liveness", default=None, help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz.")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING"]), default="INFO", show_default=True)
+def operator(
+    kubeconfig: str | None,
+    context: str | None,
+    namespaces: tuple[str, ...],
+    image: str | None,
+    dashboard_url: str,
+    endpoint: str,
+    app_name: str,
+    route_prefix: str,
+    external_ray: bool,
+    local_base: Path | None,
+    poll_seconds: float,
+    resync_seconds: float,
+    gpu_check: bool,
+    metric_check: bool,
+    monitoring: str,
+    gateway_namespace: str,
+    operator_namespace: str,
+    gcs_redis_address: str | None,
+    gcs_redis_password_secret: str | None,
+    metrics_port: int,
+    liveness: str | None,
+    log_level: str,
+) -> None:
+    """Run the Rayleigh operator: ModelDeployments -> Ray clusters, Serve apps, routes."""
+    from rayleigh_operator.reconciler import OperatorConfig
+    from rayleigh_operator.render import RenderOptions
+
+    options = RenderOptions(
+        gateway_namespace=gateway_namespace,
+        operator_namespace=operator_namespace,
+        gcs_redis_address=gcs_redis_address,
+        gcs_redis_password_secret=gcs_redis_password_secret,
+    )
+    if image:
+        options = dataclasses.replace(options, image=image)
+    config = OperatorConfig(
+        render=options,
+        dashboard_url=dashboard_url,
+        endpoint=endpoint,
+        app_name=app_name,
+        route_prefix=route_prefix,
+        external_ray=external_ray,
+        local_base=local_base.resolve() if local_base else None,
+        poll_seconds=poll_seconds,
+        resync_seconds=resync_seconds,
+        gpu_check=gpu_check,
+        metric_check=metric_check,
+        monitoring=monitoring,
+        namespaces=namespaces,
+    )
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # kopf's per-object INFO lines cost CPU at scale; its warnings and errors still show.
+    logging.getLogger("kopf").setLevel(logging.WARNING if log_level != "DEBUG" else logging.DEBUG)
+    asyncio.run(
+        run_operator(
+            config,
+            kubeconfig=kubeconfig,
+            context=context,
+            namespaces=namespaces,
+            metrics_port=metrics_port,
+            liveness=liveness,
+        )
+    )
+
+
+async def run_operator(
+    config: Any,
+    *,
+    kubeconfig: str | None = None,
+    context: str | None = None,
+    namespaces: tuple[str, ...] = (),
+    metrics_port: int = 0,
+    liveness: str | None = None,
+    stop_flag: asyncio.Event | None = None,
+) -> None:
+    import kopf
+
+    from rayleigh_operator.handlers import MemoryDiffBase, MemoryProgress, build_registry
+    from rayleigh_operator.kube import KubeClient, load_credentials
+    from rayleigh_operator.reconciler import Reconciler
+
+    credentials = load_credentials(kubeconfig, context)
+    reconciler = Reconciler(KubeClient(credentials), config)
+    diffbase, progress = MemoryDiffBase(), MemoryProgress()
+    registry = build_registry(reconciler, diffbase, progress)
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(
+            server=credentials.server,
+            token=credentials.token,
+            scheme="Bearer" if credentials.token else None,
+            ca_path=credentials.ca_file,
+            certificate_path=credentials.cert_file,
+            private_key_path=credentials.key_file,
+            insecure=credentials.insecure or None,
+            default_namespace=credentials.namespace,
+        )
+
+    settings = kopf.OperatorSettings()
+    prefix = "serving.rayleigh.dev"
+    # kopf's state stays in memory (see handlers.MemoryDiffBase/MemoryProgress): the handler is a
+    # level-triggered apply, so after a restart every object is simply applied again.
+    settings.persistence.progress_storage = progress
+    settings.persistence.diffbase_storage = diffbase
+    settings.persistence.finalizer = f"{prefix}/operator"
+    # The reconciler posts its own Events (one per status transition); kopf's would duplicate them.
+    settings.posting.enabled = False
+    settings.execution.max_workers = 8
+    settings.networking.request_timeout = 60
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port)
+
+    tracker = asyncio.create_task(reconciler.run(), name="rayleigh-tracker")
+    try:
+        await kopf.operator(
+            registry=registry,
+            settings=settings,
+            standalone=True,
+            clusterwide=not namespaces,
+            namespaces=list(namespaces),
+            liveness_endpoint=liveness,
+            stop_flag=stop_flag,
+        )
+    finally:
+        tracker.cancel()
+        await asyncio.gather(tracker, return_exceptions=True)
+        await reconciler.close()

@@ -1,0 +1,261 @@
+"""`rayleigh up`, `rayleigh make-tiny-model`, `rayleigh merge-lora`.
+
+Importing this module stays cheap: Ray, vLLM, torch and peft are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+DEFAULT_TINY_DIR = Path(".cache/models/tiny-qwen")
+
+
+@click.command("make-tiny-model")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_TINY_DIR,
+    show_default=True,
+    help="Directory to write the model to (created).",
+)
+@click.option("--size", type=click.Choice(["tiny", "medium"]), default="tiny", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same bytes.")
+@click.option(
+    "--lora-out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also write a random LoRA adapter for the model here.",
+)
+def make_tiny_model(out: Path, size: str, seed: int, lora_out: Path | None) -> None:
+    """Write a tiny random Qwen2 model with a ChatML tokenizer (offline, seconds)."""
+    from rayleigh_serving.tiny_model import make_tiny_lora
+    from rayleigh_serving.tiny_model import make_tiny_model as make
+
+    start = time.monotonic()
+    make(out, size=size, seed=seed)
+    click.echo(f"wrote {size} model to {out} in {time.monotonic() - start:.1f} s")
+    if lora_out is not None:
+        make_tiny_lora(out, lora_out, seed=seed + 1)
+        click.echo(f"wrote LoRA adapter to {lora_out}")
+
+
+@click.command("merge-lora")
+@click.option(
+    "--base",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Base model directory (Hugging Face format).",
+)
+@click.option(
+    "--adapter",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="peft LoRA adapter directory (adapter_config.json + weights).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for the merged model (serve it with spec.model.source).",
+)
+def merge_lora(base: Path, adapter: Path, out: Path) -> None:
+    """Merge a LoRA adapter into its base model's weights (peft merge_and_unload)."""
+    from rayleigh_serving.tiny_model import merge_lora as merge
+
+    try:
+        merge(base, adapter, out)
+    except FileNotFoundError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"merged {adapter} into {base}: {out}")
+
+
+class _Progress:
+    """One status line, redrawn in place on a terminal and printed every 10 s otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last_print = -10.0
+        self.start = time.monotonic()
+
+    def __call__(self, status: str, detail: str, elapsed: float) -> None:
+        line = f"[{time.monotonic() - self.start:5.0f} s] {status:<12} {detail}"
+        if self.tty:
+            click.echo("\r" + line[:150].ljust(150), nl=False, err=True)
+        elif elapsed - self.last_print >= 10:
+            click.echo(line, err=True)
+            self.last_print = elapsed
+
+    def done(self) -> None:
+        if self.tty:
+            click.echo("", err=True)
+
+
+def _prepare_local_models(md: Any, base: Path) -> None:
+    """Make the tiny model (and a tiny adapter) if the spec points at a missing tiny one."""
+    from rayleigh_serving.config import resolve_source
+    from rayleigh_serving.tiny_model import ensure_tiny_lora, ensure_tiny_model
+
+    src = resolve_source(md.spec.model.source, field="spec.model.source", local_base=base)
+    model_dir = Path(src.model_source)
+    if src.kind == "file" and not model_dir.exists():
+        if not model_dir.name.startswith("tiny"):
+            raise click.ClickException(f"spec.model.source: {model_dir} does not exist")
+        click.echo(f"making the tiny model in {model_dir} ...", err=True)
+        ensure_tiny_model(model_dir)
+    for i, adapter in enumerate(md.spec.adapters):
+        a = resolve_source(adapter.source, field=f"spec.adapters[{i}].source", local_base=base)
+        adir = Path(a.model_source)
+        if a.kind == "file" and not adir.exists():
+            if not adir.name.startswith("tiny"):
+                raise click.ClickException(f"spec.adapters[{i}].source: {adir} does not exist")
+            ensure_tiny_lora(model_dir, adir)
+
+
+def _gateway_command() -> list[str] | None:
+    """How to run the gateway in front, if this install has it (rayleigh_gateway)."""
+    import importlib.util
+
+    if importlib.util.find_spec("rayleigh_gateway.cli") is None:
+        return None
+    rayleigh = Path(sys.executable).with_name("rayleigh")
+    if not rayleigh.exists():
+        return None
+    return [str(rayleigh), "gateway"]
+
+
+@click.command("up")
+@click.option(
+    "-f",
+    "--file",
+    "path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="ModelDeployment YAML to serve locally.",
+)
+@click.option(
+    "--port",
+    type=int,
+    default=8000,
+    show_default=True,
+    help="Port of the OpenAI endpoint (the gateway's, or Ray Serve's with --no-gateway).",
+)
+@click.option(
+    "--gateway/--no-gateway",
+    default=True,
+    show_default=True,
+    help="Put the Rayleigh gateway (API keys) in front, if installed.",
+)
+@click.option(
+    "--num-cpus",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Logical CPUs Ray may hand out (>= 4 even on 2 cores, or Serve LLM deadlocks).",
+)
+@click.option("--timeout", type=float, default=900, show_default=True, help="Seconds to wait for readiness.")
+@click.option("--exit-after-ready", is_flag=True, help="Stop as soon as the first answer came (for CI).")
+def up(path: Path, port: int, gateway: bool, num_cpus: int, timeout: float, exit_after_ready: bool) -> None:
+    """Serve a ModelDeployment on this machine: local Ray, the Serve app, the gateway."""
+    from rayleigh_operator.api import load_model_deployment
+    from rayleigh_operator.validation import SpecError
+    from rayleigh_serving.config import ServeConfigError, build_serve_config
+    from rayleigh_serving.local import LocalRay, free_port, wait_for_answer
+
+    start = time.monotonic()
+    try:
+        md = load_model_deployment(path)
+    except SpecError as e:
+        raise click.ClickException(
+            f"{path} is not a valid ModelDeployment:\n  " + "\n  ".join(map(str, e.problems))
+        ) from e
+    base = Path.cwd()
+    _prepare_local_models(md, base)
+    gateway_cmd = _gateway_command() if gateway else None
+    serve_port = free_port() if gateway_cmd else port
+    try:
+        config = build_serve_config(md, local_base=base, http_host="127.0.0.1", http_port=serve_port)
+    except ServeConfigError as e:
+        raise click.ClickException(str(e)) from e
+    app = config["applications"][0]["name"]
+    state_dir = Path(os.environ.get("RAYLEIGH_STATE_DIR", Path.home() / ".cache" / "rayleigh")) / "up"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    ray = LocalRay(num_cpus=num_cpus, http_port=serve_port, log=state_dir / "ray.log")
+    gw: Any = None
+    stopping = False
+
+    def _stop(*_: Any) -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        click.echo("\nstopping ...", err=True)
+        if gw is not None:
+            gw.stop()
+        ray.stop()
+        click.echo("stopped.", err=True)
+
+    def _on_sigterm(*_: Any) -> None:
+        _stop()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        click.echo(f"starting Ray (logs: {ray.log}) ...", err=True)
+        ray.start()
+        ray.deploy(config)
+        progress = _Progress()
+        ray.wait_running(app, timeout=timeout, progress=progress)
+        progress.done()
+        model = md.served_model_name()
+        wait_for_answer(ray.base_url, model, timeout=120)
+        base_url, key = ray.base_url, None
+        if gateway_cmd:
+            from rayleigh_serving.gateway_local import LocalGateway
+
+            gw = LocalGateway(gateway_cmd, md=md, upstream=ray.base_url, port=port, state_dir=state_dir)
+            gw.start()
+            base_url, key = gw.base_url, gw.api_key
+            wait_for_answer(base_url, model, timeout=60, api_key=key)
+        elapsed = time.monotonic() - start
+        _print_ready(base_url, model, md.served_models(), key, elapsed, ray)
+        if exit_after_ready:
+            return
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    except (RuntimeError, TimeoutError) as e:
+        raise click.ClickException(f"{e}\n(Ray's logs: {ray.log} and {ray.temp_dir}/session_latest/logs)") from e
+    finally:
+        _stop()
+
+
+def _print_ready(base_url: str, model: str, models: list[str], key: str | None, elapsed: float, ray: Any) -> None:
+    auth = f' -H "Authorization: Bearer {key}"' if key else ""
+    api_key = key or "unused"
+    click.echo(
+        f"""
+Ready: first answer {elapsed:.1f} s after start.
+  OpenAI endpoint: {base_url}/v1   models: {", ".join(models)}
+  {"API key (local, generated): " + key if key else "no gateway in front: no API key needed"}
+  Ray dashboard: {ray.dashboard_url}   metrics: {ray.metrics_url}
+
+curl {base_url}/v1/chat/completions{auth} -H "Content-Type: application/json" \\
+  -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}], "max_tokens": 32}}'
+
+python - <<'EOF'
+from openai import OpenAI
+client = OpenAI(base_url="{base_url}/v1", api_key="{api_key}")
+r = client.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Hello!"}}], max_tokens=32)
+print(r.choices[0].message.content)
+EOF
+
+Press Ctrl-C to stop."""
+    )

@@ -1,0 +1,102 @@
+"""Local mode's gateway: `rayleigh gateway` in front of the local Serve app, with a generated API key.
+
+The route config is what the operator would render for the ModelDeployment's `spec.gateway`
+(API keys, allowed CIDRs, rate limits), pointed at the local Ray Serve port. The key file stores
+only the key's hash; the plaintext key is printed once by `rayleigh up`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from rayleigh_serving.local import free_port
+
+
+def route_for(md: Any, upstream: str) -> dict[str, Any]:
+    """The gateway route (rayleigh_gateway.routes.Route, camelCase) for a ModelDeployment."""
+    gw = md.spec.gateway
+    route: dict[str, Any] = {
+        "name": md.name or md.served_model_name(),
+        "namespace": md.namespace,
+        "backend": upstream,
+        "models": md.served_models(),
+        "public": gw.public,
+        "allowedCIDRs": list(gw.allowed_cidrs),
+    }
+    if gw.rate_limits is not None:
+        route["rateLimits"] = gw.rate_limits.model_dump(by_alias=True, exclude_none=True)
+    return route
+
+
+class LocalGateway:
+    def __init__(self, command: list[str], *, md: Any, upstream: str, port: int, state_dir: Path) -> None:
+        self.command = command
+        self.md = md
+        self.upstream = upstream
+        self.port = port or free_port()
+        self.state_dir = state_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.api_key: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        from rayleigh_gateway.keys import load_or_new, save_keys
+
+        config_path = self.state_dir / "gateway-routes.json"
+        config_path.write_text(json.dumps({"routes": [route_for(self.md, self.upstream)]}, indent=2))
+        keys_path = self.state_dir / "gateway-keys.json"
+        store = load_or_new(str(keys_path))
+        key, _record = store.create("rayleigh-up", [], None, None, None)
+        save_keys(store, str(keys_path))
+        self.api_key = key
+        cmd = [
+            *self.command,
+            "--config",
+            str(config_path),
+            "--keys",
+            str(keys_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--no-audit",
+            "--log-level",
+            "warning",
+        ]
+        with open(self.state_dir / "gateway.log", "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the gateway exited with {self.proc.returncode}; see {self.state_dir}/gateway.log")
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/readyz", timeout=2):
+                    return
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.3)
+        raise TimeoutError(f"the gateway did not become ready on {self.base_url}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=15)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        self.proc = None

@@ -1,0 +1,224 @@
+"""Helpers for the gateway tests: run the real gateway and a test upstream on loopback ports.
+
+The upstream is `rayleigh_gateway.devupstream`, an OpenAI-shaped HTTP server standing in for a
+model server (the end-to-end tests use the real Ray Serve + vLLM stack instead). It is a test
+upstream, not a mock of the gateway: everything the gateway does runs for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+import yaml
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from rayleigh_gateway.app import Gateway, Settings
+from rayleigh_gateway.devupstream import make_app
+from rayleigh_gateway.keys import KeyStore, save_keys
+from tests.plugins.common import REPO_ROOT, free_port
+
+
+def wait_http(url: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.HTTPError as exc:
+            last = exc
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {timeout}s: {last}")
+
+
+class AiohttpThread:
+    """An aiohttp application served from its own event loop in a daemon thread."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.loop = asyncio.new_event_loop()
+        self.runner: web.AppRunner | None = None
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+
+    async def _start(self) -> None:
+        self.runner = web.AppRunner(self.app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    def stop(self) -> None:
+        if self.runner is not None:
+            asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+class Upstream(AiohttpThread):
+    def __init__(self, extra_routes: Callable[[web.Application], object] | None = None) -> None:
+        app = make_app()
+        if extra_routes is not None:
+            extra_routes(app)
+        super().__init__(app)
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = httpx.get(self.url + "/stats").json()
+        return result
+
+
+class GatewayThread:
+    """The real gateway app under uvicorn (uvloop, httptools) in a thread of this process, so
+    tests can also read its state (e.g. call `check_reload()` instead of waiting for the poll)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.gateway = Gateway(settings)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            self.gateway,
+            host="127.0.0.1",
+            port=self.port,
+            loop="uvloop",
+            http="httptools",
+            ws="websockets-sansio",
+            lifespan="on",
+            access_log=False,
+            proxy_headers=False,
+            log_level="warning",
+            timeout_graceful_shutdown=2,
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("gateway did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+class GatewayProcess:
+    """`python -m rayleigh_gateway gateway ...` as a separate process (own process group)."""
+
+    def __init__(self, config: Path, keys: Path | None, redis_url: str | None, log: Path, workers: int = 1) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [
+            sys.executable,
+            "-m",
+            "rayleigh_gateway",
+            "gateway",
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(workers),
+            "--drain-seconds",
+            "2",
+            "--no-audit",
+        ]
+        if keys is not None:
+            args += ["--keys", str(keys)]
+        if redis_url:
+            args += ["--redis-url", redis_url]
+        self.log = log.open("wb")
+        env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'serving'}:{REPO_ROOT / 'operator'}"}
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError(f"gateway not ready within {timeout}s; see {self.log.name}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        self.log.close()
+
+
+def write_yaml(path: Path, data: Any) -> Path:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+class KeyFile:
+    """A key file on disk plus the plaintext keys the test created (only tests know those)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.store = KeyStore.new()
+        save_keys(self.store, path)
+
+    def create(self, owner: str = "test", **kwargs: Any) -> str:
+        key, _ = self.store.create(owner, **kwargs)
+        save_keys(self.store, self.path)
+        return key
+
+    def revoke(self, key: str) -> None:
+        self.store.revoke(key.split("_")[1])
+        save_keys(self.store, self.path)
+
+
+def rsa_keypair() -> tuple[Any, str]:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return private, pem
+
+
+def ec_keypair() -> tuple[Any, str]:
+    private = ec.generate_private_key(ec.SECP256R1())
+    pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return private, pem
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()

@@ -1,0 +1,96 @@
+"""Pure decisions around the Serve REST API: keeping other apps, prefixes, when to push."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rayleigh_operator import reconciler, serve_client
+
+OTHER = {"name": "tiny", "route_prefix": "/", "import_path": "x:y", "args": {}}
+MINE = {"name": "m-op", "route_prefix": "/m-op", "import_path": "x:y", "args": {"n": 1}}
+
+
+def details(*apps: dict[str, Any], status: str = "RUNNING") -> dict[str, Any]:
+    return {
+        "controller_info": {"actor_id": "abc"},
+        "http_options": {"host": "127.0.0.1", "port": 41234, "request_timeout_s": None},
+        "proxy_location": "EveryNode",
+        "applications": {
+            a["name"]: {
+                "route_prefix": a["route_prefix"],
+                "status": status,
+                "deployed_app_config": a,
+                "deployments": {
+                    "LLMServer": {"target_num_replicas": 2, "replicas": [{"state": "RUNNING"}, {"state": "STARTING"}]}
+                },
+            }
+            for a in apps
+        },
+    }
+
+
+def desired(app: dict[str, Any]) -> dict[str, Any]:
+    return {"http_options": {"host": "0.0.0.0", "port": 8000}, "applications": [app]}
+
+
+def test_put_keeps_other_applications_and_running_http_options() -> None:
+    body = serve_client.put_body(details(OTHER), desired(MINE))
+    assert [a["name"] for a in body["applications"]] == ["tiny", "m-op"]
+    assert body["http_options"] == {"host": "127.0.0.1", "port": 41234}
+
+
+def test_put_replaces_an_older_version_of_the_same_application() -> None:
+    old = {**MINE, "args": {"n": 0}}
+    body = serve_client.put_body(details(OTHER, old), desired(MINE))
+    assert body["applications"] == [OTHER, MINE]
+
+
+def test_put_on_a_fresh_cluster_uses_the_configs_http_options() -> None:
+    body = serve_client.put_body({"applications": {}}, desired(MINE))
+    assert body["http_options"] == {"host": "0.0.0.0", "port": 8000}
+
+
+def test_remove_keeps_every_other_application() -> None:
+    assert serve_client.remove_body(details(OTHER, MINE), "m-op")["applications"] == [OTHER]
+
+
+def test_imperative_apps_are_not_in_the_put() -> None:
+    d = details(OTHER)
+    d["applications"]["tiny"]["deployed_app_config"] = None
+    assert serve_client.put_body(d, desired(MINE))["applications"] == [MINE]
+
+
+def test_route_prefix_taken_by_another_app_is_a_conflict() -> None:
+    assert serve_client.route_conflict(details(OTHER), "m-op", "/") == "tiny"
+    assert serve_client.route_conflict(details(OTHER), "m-op", "/m-op") is None
+    assert serve_client.route_conflict(details(MINE), "m-op", "/m-op") is None
+
+
+def test_needs_push_only_when_serve_runs_something_else() -> None:
+    state = serve_client.app_state(details(MINE), "m-op", "LLMServer")
+    assert not serve_client.needs_push(MINE, state)
+    assert serve_client.needs_push({**MINE, "args": {"n": 2}}, state)
+    assert serve_client.needs_push(MINE, serve_client.app_state(details(), "m-op", "LLMServer"))
+
+
+def test_app_state_counts_running_replicas_and_target() -> None:
+    state = serve_client.app_state(details(MINE), "m-op", "LLMServer")
+    assert (state.status, state.running_replicas, state.target_replicas) == ("RUNNING", 1, 2)
+    assert serve_client.app_state(details(), "m-op", "LLMServer").status == "MISSING"
+
+
+def test_drift_ignores_fields_the_api_server_adds() -> None:
+    desired_obj = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "a", "labels": {"x": "1"}},
+        "spec": {"ports": [{"port": 8000}]},
+    }
+    observed = {
+        "metadata": {"name": "a", "labels": {"x": "1"}, "uid": "u"},
+        "spec": {"ports": [{"port": 8000, "protocol": "TCP"}], "clusterIP": "10.0.0.1"},
+    }
+    assert not reconciler.drifted(desired_obj, observed)
+    observed["spec"]["ports"][0]["port"] = 9000
+    assert reconciler.drifted(desired_obj, observed)
+    assert reconciler.drifted(desired_obj, None)
