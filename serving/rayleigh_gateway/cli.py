@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -61,8 +62,10 @@ def gateway(
     os.environ["RAYLEIGH_GATEWAY_DRAIN_SECONDS"] = str(drain_seconds)
     os.environ["RAYLEIGH_GATEWAY_AUDIT"] = "0" if no_audit else "1"
     os.environ["RAYLEIGH_GATEWAY_AUDIT_PATH"] = audit_file
+    metrics_dir: str | None = None
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rayleigh-gateway-metrics-")
+        metrics_dir = tempfile.mkdtemp(prefix="rayleigh-gateway-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     if not redis_url and any(
         r.rate_limits.requests_per_minute or r.rate_limits.tokens_per_minute for r in config.routes
     ):
@@ -70,24 +73,28 @@ def gateway(
 
     import uvicorn
 
-    uvicorn.run(
-        "rayleigh_gateway.app:create_app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        loop="uvloop",
-        http="httptools",
-        ws="websockets-sansio",
-        lifespan="on",
-        access_log=False,
-        proxy_headers=False,  # the gateway reads X-Forwarded-For itself, from trusted proxies only
-        server_header=False,
-        date_header=False,
-        timeout_graceful_shutdown=int(drain_seconds),
-        timeout_keep_alive=75,
-        log_config=_log_config(log_level),
-    )
+    try:
+        uvicorn.run(
+            "rayleigh_gateway.app:create_app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            loop="uvloop",
+            http="httptools",
+            ws="websockets-sansio",
+            lifespan="on",
+            access_log=False,
+            proxy_headers=False,  # the gateway reads X-Forwarded-For itself, from trusted proxies only
+            server_header=False,
+            date_header=False,
+            timeout_graceful_shutdown=int(drain_seconds),
+            timeout_keep_alive=75,
+            log_config=_log_config(log_level),
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _log_config(level: str) -> dict[str, object]:
