@@ -13,6 +13,7 @@ import asyncio
 import logging
 import math
 import os
+import stat
 import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -37,7 +38,7 @@ from .policy import (
     usage_from_json,
 )
 from .ratelimit import BUCKET_PREFIX, USAGE_PREFIX, Bucket, Decision, RateLimiter, Settler
-from .routes import ConfigError, GatewayConfig, Route, load_config
+from .routes import ConfigError, GatewayConfig, Route, config_files, load_config
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -156,11 +157,18 @@ class Settings:
     drain_seconds: float = 30.0
 
 
-def _stat_sig(path: str | None) -> tuple[int, int, int] | None:
+def _stat_sig(path: str | None) -> tuple[int, ...] | None:
     if not path:
         return None
     try:
         st = os.stat(path)  # follows the ConfigMap's ..data symlink swap
+        if stat.S_ISDIR(st.st_mode):
+            # A mounted routes directory: any file added, removed or swapped changes the signature.
+            sig: list[int] = [st.st_ino]
+            for file in config_files(Path(path)):
+                fst = os.stat(file)
+                sig += [hash(file.name), fst.st_ino, fst.st_mtime_ns, fst.st_size]
+            return tuple(sig)
     except OSError:
         return None
     return (st.st_ino, st.st_mtime_ns, st.st_size)

@@ -21,7 +21,11 @@ from .keys import KeyStoreError, load_keys, load_or_new, save_keys
 
 @click.command()
 @click.option(
-    "--config", "config_path", required=True, type=click.Path(dir_okay=False), help="Route config (YAML/JSON)."
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(),
+    help="Route config (YAML/JSON), or a directory of route files (the operator's routes ConfigMap).",
 )
 @click.option("--keys", "keys_path", type=click.Path(dir_okay=False), help="API key file (hashes only).")
 @click.option("--redis-url", envvar="RAYLEIGH_GATEWAY_REDIS_URL", help="redis://host:port/db for shared rate limits.")

@@ -195,15 +195,50 @@ def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
         raise ConfigError("\n".join(lines)) from None
 
 
-def load_config(path: str | Path) -> GatewayConfig:
-    """Read a gateway config from YAML or JSON (JSON is YAML, but use the faster parser)."""
-    p = Path(path)
+def _read(p: Path) -> Any:
     try:
         text = p.read_text()
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read gateway config: {exc.strerror}") from None
     try:
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        return json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
         raise ConfigError(f"{p}: not valid YAML/JSON: {exc}") from None
-    return parse_config(data, str(p))
+
+
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def config_files(directory: Path) -> list[Path]:
+    """The files a config directory contributes, in a stable order (hidden files, such as a
+    ConfigMap volume's `..data`, are skipped)."""
+    return sorted(
+        p for p in directory.iterdir() if not p.name.startswith(".") and p.suffix in CONFIG_SUFFIXES and p.is_file()
+    )
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read a gateway config from YAML or JSON (JSON is YAML, but use the faster parser).
+
+    `path` may also be a directory, as when the operator's aggregated routes ConfigMap is mounted:
+    `gateway.yaml`/`gateway.json` there holds the gateway-wide settings, and every other file is
+    either one route (what the operator writes, one key per ModelDeployment) or a config with a
+    `routes` list. Adding or removing a model then never rewrites the other models' entries.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        return parse_config(_read(p), str(p))
+    merged: dict[str, Any] = {"routes": []}
+    for file in config_files(p):
+        data = _read(file)
+        if data is None:
+            continue
+        if not isinstance(data, dict):
+            raise ConfigError(f"{file}: expected a mapping (a route or a gateway config), got {type(data).__name__}")
+        if file.stem == "gateway":
+            merged = {**data, "routes": [*merged["routes"], *data.get("routes", [])]}
+        elif "routes" in data:
+            merged["routes"].extend(data["routes"])
+        else:
+            merged["routes"].append(data)
+    return parse_config(merged, str(p))

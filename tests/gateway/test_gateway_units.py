@@ -208,6 +208,40 @@ def test_config_reads_camel_case_yaml_and_json(tmp_path: Path) -> None:
         assert route.auth.api_keys is True
 
 
+def test_config_directory_merges_gateway_settings_and_one_file_per_route(tmp_path: Path) -> None:
+    """The operator's aggregated routes ConfigMap, mounted as a directory: one key per model."""
+    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump({"trustedProxies": ["10.0.0.0/8"]}))
+    (tmp_path / "default_tiny.json").write_text(
+        json.dumps({"name": "tiny", "namespace": "default", "backend": "http://a:8000", "models": ["tiny-qwen"]})
+    )
+    (tmp_path / "llm_qwen.json").write_text(
+        json.dumps({"name": "qwen", "namespace": "llm", "backend": "http://b:8000", "models": ["qwen", "sql"]})
+    )
+    (tmp_path / "..data").mkdir()  # a ConfigMap volume's hidden bookkeeping is ignored
+    config = load_config(tmp_path)
+    assert [r.name for r in config.routes] == ["tiny", "qwen"]
+    assert config.routes[1].models == ["qwen", "sql"]
+    assert [str(n) for n in config.trusted_proxies] == ["10.0.0.0/8"]
+
+
+def test_config_directory_change_is_detected_when_a_route_file_appears(tmp_path: Path) -> None:
+    from rayleigh_gateway.app import _stat_sig
+
+    (tmp_path / "gateway.yaml").write_text("{}\n")
+    before = _stat_sig(str(tmp_path))
+    (tmp_path / "default_tiny.json").write_text(
+        json.dumps({"name": "tiny", "backend": "http://a:8000", "models": ["tiny-qwen"]})
+    )
+    assert _stat_sig(str(tmp_path)) != before
+    assert [r.name for r in load_config(tmp_path).routes] == ["tiny"]
+
+
+def test_config_directory_names_the_bad_file(tmp_path: Path) -> None:
+    (tmp_path / "default_tiny.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match=r"default_tiny\.json: expected a mapping"):
+        load_config(tmp_path)
+
+
 # ---------------------------------------------------------------- RESP
 
 
