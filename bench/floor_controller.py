@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from typing import Any
 
 import aiohttp
@@ -37,6 +38,16 @@ async def handle(client: KubeClient, obj: dict[str, Any], options: render.Render
     )
 
 
+async def handle_with_retry(client: KubeClient, obj: dict[str, Any], options: render.RenderOptions) -> None:
+    for attempt in range(3):
+        try:
+            await handle(client, obj, options)
+            return
+        except Exception as exc:
+            print(f"{obj['metadata']['name']}: attempt {attempt + 1} failed: {exc!r}", file=sys.stderr, flush=True)
+            await asyncio.sleep(0.5)
+
+
 async def run(kubeconfig: str) -> None:
     client = KubeClient(load_credentials(kubeconfig), enforce_rbac=False)
     options = render.RenderOptions()
@@ -48,7 +59,7 @@ async def run(kubeconfig: str) -> None:
         if uid in seen:
             return
         seen.add(uid)
-        task = asyncio.create_task(handle(client, obj, options))
+        task = asyncio.create_task(handle_with_retry(client, obj, options))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 

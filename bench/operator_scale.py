@@ -186,7 +186,11 @@ async def measure(controller: str, n: int, workdir: Path) -> Round:
                     if all((o.get("status") or {}).get("phase") for o in listing["items"]):
                         break
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"{controller} did not finish {n} objects in {RUN_LIMIT_S} s")
+                    tail = (workdir / f"{controller}.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(
+                        f"{controller} did not finish {n} objects in {RUN_LIMIT_S} s "
+                        f"({children} children); its log ends with:\n{tail}"
+                    )
                 await asyncio.sleep(0.05)
             # Settle: trailing work (kopf's own patches, Events, watch events) counts too.
             settle_deadline = time.monotonic() + 15

@@ -168,7 +168,7 @@ class KubeClient:
                 base_url=self.credentials.server,
                 headers=headers,
                 connector=connector,
-                timeout=aiohttp.ClientTimeout(total=30, connect=5),
+                timeout=aiohttp.ClientTimeout(total=60, sock_connect=5),
                 json_serialize=json.dumps,
             )
         return self._session

@@ -123,7 +123,8 @@ class Entry:
     body: dict[str, Any]
     md: api.ModelDeployment | None = None
     spec_problem: tuple[str, str] | None = None
-    children: list[dict[str, Any]] = field(default_factory=list)
+    options: render.RenderOptions | None = None
+    own_versions: dict[str, str] = field(default_factory=dict)
     metric_missing: tuple[str, str] | None = None
     head_ready: bool = False
     dashboard_error: str | None = None
@@ -308,15 +309,20 @@ class Reconciler:
             autoscaling_metric_available=None if md.spec.autoscaling is None else entry.metric_missing is None,
         )
         try:
-            entry.children = render.render(md, options=options)
+            children = render.render(md, options=options)
         except render.RenderError as exc:
             entry.spec_problem = (status.INVALID_SPEC, str(exc))
             metrics.RECONCILES.labels("invalid").inc()
             await self.write_status(entry)
             return
-        results = await asyncio.gather(*(self._apply_child(c) for c in entry.children))
+        # The rendered children are not kept (re-rendering costs about 0.2 ms; keeping them
+        # costs about 100 KB per ModelDeployment): only the options that produced them.
+        entry.options = options
+        results = await asyncio.gather(*(self._apply_child(c) for c in children))
         for obj in results:
             self._observe_deployment(entry, obj)
+            if obj.get("kind") == "Deployment":
+                entry.own_versions[obj["metadata"]["name"]] = str(obj["metadata"].get("resourceVersion"))
         metrics.RECONCILES.labels("applied").inc()
         await self.write_status(entry)
         self._schedule(entry, 0 if entry.head_ready else None)
@@ -429,19 +435,35 @@ class Reconciler:
         entry = self.entries.get((meta.get("namespace") or "default", owner or ""))
         if entry is None or entry.md is None or entry.spec_problem is not None:
             return
-        desired = next(
-            (c for c in entry.children if c["kind"] == "Deployment" and c["metadata"]["name"] == meta.get("name")), None
-        )
-        if desired is None:
-            return
+        name = str(meta.get("name"))
         if event_type == "DELETED":
-            await self.restore(entry, desired, "deleted")
+            desired = self.desired_deployment(entry, name)
+            if desired is not None:
+                await self.restore(entry, desired, "deleted")
             return
         changed = self._observe_deployment(entry, obj)
-        if drifted(desired, obj):
-            await self.restore(entry, desired, "edited")
+        # Our own apply's result needs no drift check (the common case: one event per apply).
+        if entry.own_versions.get(name) != str(meta.get("resourceVersion")):
+            desired = self.desired_deployment(entry, name)
+            if desired is not None and drifted(desired, obj):
+                await self.restore(entry, desired, "edited")
         if changed:
             self._schedule(entry, 0)
+
+    def desired_children(self, entry: Entry) -> list[dict[str, Any]]:
+        if entry.md is None or entry.options is None:
+            return []
+        return render.render(entry.md, options=entry.options)
+
+    def desired_deployment(self, entry: Entry, name: str) -> dict[str, Any] | None:
+        md, options = entry.md, entry.options
+        if md is None or options is None:
+            return None
+        if name == render.child_name(md, "head"):
+            return render.render_head(md, options)[0]
+        if name == render.child_name(md, "workers"):
+            return render.render_workers(md, options)
+        return None
 
     async def restore(self, entry: Entry, desired: dict[str, Any], why: str) -> None:
         key = f"{desired['kind']}/{desired['metadata']['name']}"
@@ -461,6 +483,8 @@ class Reconciler:
         log.info("%s/%s: re-applying %s %s", entry.namespace, entry.name, why, key)
         metrics.CHILD_RESTORES.labels(desired["kind"]).inc()
         result = await self._apply_child(desired)
+        if result.get("kind") == "Deployment":
+            entry.own_versions[result["metadata"]["name"]] = str(result["metadata"].get("resourceVersion"))
         if self._observe_deployment(entry, result):
             self._schedule(entry, 0)
 
@@ -485,7 +509,7 @@ class Reconciler:
             if metric_appeared:
                 await self.apply(entry.body)  # the metric now exists: create the HPA
                 continue
-            for child in entry.children:
+            for child in self.desired_children(entry):
                 wanted.setdefault((child["apiVersion"], child["kind"]), []).append((entry, child))
         for (_, kind), pairs in wanted.items():
             rtype = type_of(pairs[0][1])
