@@ -71,6 +71,7 @@ DEPLOYMENTS = TYPES[("apps/v1", "Deployment")]
 NODES = TYPES[("v1", "Node")]
 EVENTS = TYPES[("v1", "Event")]
 PODS = TYPES[("v1", "Pod")]
+CONFIGMAPS = TYPES[("v1", "ConfigMap")]
 
 
 def type_of(obj: dict[str, Any]) -> ResourceType:

@@ -33,7 +33,17 @@ from pathlib import Path
 from typing import Any
 
 from rayleigh_operator import api, metrics, render, serve_client, status
-from rayleigh_operator.kube import DEPLOYMENTS, EVENTS, MODEL_DEPLOYMENTS, NODES, PODS, ApiError, KubeClient, type_of
+from rayleigh_operator.kube import (
+    CONFIGMAPS,
+    DEPLOYMENTS,
+    EVENTS,
+    MODEL_DEPLOYMENTS,
+    NODES,
+    PODS,
+    ApiError,
+    KubeClient,
+    type_of,
+)
 from rayleigh_operator.validation import SpecError, validate_document
 from rayleigh_serving.config import DEPLOYMENT_NAME, ServeConfigError, build_serve_config
 
@@ -65,6 +75,10 @@ class OperatorConfig:
     concurrency: int = 16
     # Namespaces to serve; empty: all (cluster-wide watches).
     namespaces: tuple[str, ...] = ()
+    # The one ConfigMap, in the gateway's namespace (render.gateway_namespace), that gathers every
+    # ModelDeployment's route, one key each: the gateway mounts it as its routes directory. None: off.
+    routes_configmap: str | None = "rayleigh-gateway-routes"
+    routes_debounce_seconds: float = 0.2
 
 
 def _now() -> str:
@@ -152,6 +166,7 @@ class Reconciler:
         self.serve = serve or serve_client.ServeClient()
         self.entries: dict[tuple[str, str], Entry] = {}
         self._wake = asyncio.Event()
+        self._routes_dirty = asyncio.Event()
         self._nodes_cache: tuple[float, list[dict[str, Any]]] | None = None
         self._metrics_cache: tuple[float, set[str] | None] | None = None
         self._monitoring: bool | None = None
@@ -324,6 +339,7 @@ class Reconciler:
             if obj.get("kind") == "Deployment":
                 entry.own_versions[obj["metadata"]["name"]] = str(obj["metadata"].get("resourceVersion"))
         metrics.RECONCILES.labels("applied").inc()
+        self._routes_dirty.set()
         await self.write_status(entry)
         self._schedule(entry, 0 if entry.head_ready else None)
 
@@ -632,6 +648,7 @@ class Reconciler:
 
     def forget(self, namespace: str, name: str) -> None:
         entry = self.entries.pop((namespace, name), None)
+        self._routes_dirty.set()
         if entry is not None:
             self._update_phase_gauge((entry.status or {}).get("phase"), None)
 
@@ -650,12 +667,71 @@ class Reconciler:
             if entry.spec_problem is None and entry.md is not None:
                 self._schedule(entry, self._next_interval(entry))
 
+    # --- the gateway's aggregated routes ----------------------------------------------------
+
+    def desired_routes(self) -> dict[str, str]:
+        """One key per served ModelDeployment (`namespace_name.json`): the gateway loads each file
+        of the mounted ConfigMap as one route. Invalid or not yet rendered objects get no route."""
+        data: dict[str, str] = {}
+        for (namespace, name), entry in sorted(self.entries.items()):
+            if entry.md is None or entry.spec_problem is not None or entry.options is None:
+                continue
+            route = render.route_for(entry.md, entry.options).model_dump(mode="json", by_alias=True)
+            data[f"{namespace}_{name}.json"] = json.dumps(route, sort_keys=True) + "\n"
+        return data
+
+    async def write_routes(self) -> None:
+        """Apply the aggregated routes ConfigMap; keys of deleted ModelDeployments are removed."""
+        name = self.config.routes_configmap
+        if not name:
+            return
+        namespace = self.config.render.gateway_namespace
+        desired = self.desired_routes()
+        current = await self.kube.get(CONFIGMAPS, namespace, name)
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {
+                    "app.kubernetes.io/name": "rayleigh",
+                    "app.kubernetes.io/component": "gateway-routes",
+                    "app.kubernetes.io/managed-by": render.FIELD_MANAGER,
+                    "app.kubernetes.io/part-of": "rayleigh",
+                },
+            },
+            "data": desired,
+        }
+        if current is None or (current.get("data") or {}) != desired:
+            await self.kube.apply(body, field_manager=render.FIELD_MANAGER)
+            stale = set((current or {}).get("data") or {}) - set(desired)
+            if stale:
+                # Server-side apply drops keys we no longer own; a merge patch makes sure of it.
+                await self.kube.patch(CONFIGMAPS, namespace, name, {"data": dict.fromkeys(stale)})
+            log.info("gateway routes: %d models in %s/%s", len(desired), namespace, name)
+
+    async def _routes_writer(self) -> None:
+        while True:
+            await self._routes_dirty.wait()
+            await asyncio.sleep(self.config.routes_debounce_seconds)  # one write for a burst of changes
+            self._routes_dirty.clear()
+            try:
+                await self.write_routes()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("gateway routes: %r; retrying", exc)
+                await asyncio.sleep(1)
+                self._routes_dirty.set()
+
     async def run(self) -> None:
         """The tracker: Serve deploys and status for due objects, and the drift resync."""
         watches = [
             asyncio.create_task(self.watch_deployments(ns), name=f"watch-deployments-{ns or 'all'}")
             for ns in (self.config.namespaces or (None,))
         ]
+        watches.append(asyncio.create_task(self._routes_writer(), name="gateway-routes"))
         try:
             await self._track()
         finally:
@@ -678,6 +754,7 @@ class Reconciler:
                     await self.resync_children()
                 except Exception:
                     log.exception("resync failed")
+                self._routes_dirty.set()  # a hand-edited routes ConfigMap is restored too
                 next_resync = time.monotonic() + self.config.resync_seconds
                 for e in self.entries.values():
                     if e.md is not None and e.spec_problem is None and e.next_due == float("inf"):

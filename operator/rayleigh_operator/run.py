@@ -72,6 +72,12 @@ import click
 )
 @click.option("--gateway-namespace", default="rayleigh-system", show_default=True)
 @click.option("--operator-namespace", default="rayleigh-system", show_default=True)
+@click.option(
+    "--routes-configmap",
+    default="rayleigh-gateway-routes",
+    show_default=True,
+    help="ConfigMap in the gateway namespace gathering every model's route (the gateway mounts it); '' disables.",
+)
 @click.option("--gcs-redis-address", default=None, help="host:port of Redis for Ray GCS fault tolerance.")
 @click.option("--gcs-redis-password-secret", default=None, help="Secret (key 'password') for that Redis.")
 @click.option("--metrics-port", type=int, default=8080, show_default=True, help="Prometheus port; 0: off.")
@@ -95,6 +101,7 @@ def operator(
     monitoring: str,
     gateway_namespace: str,
     operator_namespace: str,
+    routes_configmap: str,
     gcs_redis_address: str | None,
     gcs_redis_password_secret: str | None,
     metrics_port: int,
@@ -127,6 +134,7 @@ def operator(
         metric_check=metric_check,
         monitoring=monitoring,
         namespaces=namespaces,
+        routes_configmap=routes_configmap or None,
     )
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # kopf's per-object INFO lines cost CPU at scale; its warnings and errors still show.

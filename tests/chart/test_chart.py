@@ -166,7 +166,7 @@ def test_gateway_flags_parse_with_the_real_gateway_command() -> None:
     container = find(render(), "Deployment", "-gateway")["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["rayleigh", "gateway"]
     ctx = gateway.make_context("gateway", list(container["args"]))
-    assert ctx.params["config_path"] == "/etc/rayleigh/gateway/gateway.yaml"
+    assert ctx.params["config_path"] == "/etc/rayleigh/gateway"
     assert ctx.params["keys_path"] == "/etc/rayleigh/keys/keys.yaml"
     assert ctx.params["port"] == 8080
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}

@@ -120,6 +120,33 @@ def test_deleted_children_are_restored(kube: Kube, operator_factory: Callable[..
     wait_for(lambda: children(kube, "drift-del") == expected("drift-del"), 15, what="children restored")
 
 
+def test_gateway_routes_configmap_gathers_every_model_and_drops_deleted_ones(
+    kube: Kube, operator_factory: Callable[..., OperatorProcess], tmp_path: Any
+) -> None:
+    """The gateway mounts one ConfigMap as its routes directory; the gateway's own loader reads it."""
+    from rayleigh_gateway.routes import load_config
+
+    operator_factory(*FAST)
+    docs = [tiny_doc(n) for n in ("routes-a", "routes-b")]
+    for d in docs:
+        d["spec"]["model"]["servedModelName"] = f"{d['metadata']['name']}-model"
+    apply_docs(kube, *docs)
+    path = "/api/v1/namespaces/rayleigh-system/configmaps/rayleigh-gateway-routes"
+    keys = {"default_routes-a.json", "default_routes-b.json"}
+
+    def data() -> dict[str, str]:
+        return dict(((kube.api(path) or {}).get("data") or {}).items())
+
+    wait_for(lambda: keys <= set(data()), 30, what="both routes in the gateway's ConfigMap")
+    for key, text in data().items():
+        (tmp_path / key).write_text(text)
+    config = load_config(tmp_path)
+    assert {m for r in config.routes for m in r.models} >= {"routes-a-model", "routes-b-model"}
+    kube.kubectl("delete", "modeldeployment", "routes-b")
+    wait_for(lambda: "default_routes-b.json" not in data(), 30, what="deleted model's route removed")
+    assert "default_routes-a.json" in data()
+
+
 def test_hand_edited_children_are_restored(kube: Kube, operator_factory: Callable[..., OperatorProcess]) -> None:
     operator_factory(*FAST)
     apply_docs(kube, tiny_doc("drift-edit"))
