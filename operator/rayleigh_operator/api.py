@@ -29,6 +29,9 @@ CATEGORIES = ["rayleigh"]
 # A model or adapter source: a Hugging Face repo, a path on a PersistentVolumeClaim, an S3 prefix,
 # or (local mode only) a directory on this machine.
 SOURCE_PATTERN = r"^(hf://[A-Za-z0-9][\w.\-]*/[\w.\-]+|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file://.+)$"
+# LoRA adapters are loaded from a path on the replica: a mounted PersistentVolumeClaim, or (local
+# mode) a local directory. Downloading adapters from the Hub or S3 is not supported yet.
+ADAPTER_SOURCE_PATTERN = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|file://.+)$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # Served model names follow OpenAI's loose conventions: "Qwen/Qwen2.5-7B-Instruct", "tiny-qwen:lora".
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/\-]{0,127}$"
@@ -273,7 +276,10 @@ class EngineSpec(ApiModel):
 class Adapter(ApiModel):
     name: str = Field(pattern=MODEL_NAME_PATTERN, description="Model name clients use to reach this adapter.")
     source: str = Field(
-        max_length=1024, pattern=SOURCE_PATTERN, description="Where the LoRA adapter's weights come from."
+        max_length=1024,
+        pattern=ADAPTER_SOURCE_PATTERN,
+        description="Where the LoRA adapter's weights are: 'pvc://claim/path' (mounted on every replica) or "
+        "'file:///abs/path' (local mode).",
     )
 
 

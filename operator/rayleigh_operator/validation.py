@@ -122,6 +122,7 @@ def _loc_to_path(loc: tuple[int | str, ...]) -> str:
 
 PATTERN_HINTS = {
     api.SOURCE_PATTERN: "expected hf://org/name, pvc://claim/path, s3://bucket/prefix or file:///path",
+    api.ADAPTER_SOURCE_PATTERN: "expected pvc://claim/path or file:///path (adapters load from a path on the replica)",
     api.MODEL_NAME_PATTERN: "expected a model name of letters, digits and . _ : / - (at most 128 characters)",
     api.QUANTITY_PATTERN: "expected a Kubernetes quantity such as '8', '500m' or '32Gi'",
 }
@@ -163,7 +164,7 @@ def problems(doc: dict[str, Any]) -> list[Problem]:
         api.ModelDeployment.model_validate(body)
     except ValidationError as err:
         found.extend(_pydantic_problems(err))
-    schema = crd.openapi_schema()
+    schema = crd.cached_openapi_schema()
     defaulted = apply_defaults(schema, copy.deepcopy(doc))
     if isinstance(defaulted.get("spec"), dict):
         found.extend(_cel_problems(schema["properties"]["spec"], defaulted["spec"], "spec"))

@@ -34,6 +34,8 @@ RAY_ENV = {
 RAY_TUNED_ENV = {
     # The Serve controller's reconcile loop (default 0.1 s); it is not on the request path.
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+    # Measured and not adopted (docs/benchmarks/serving_overhead.md): RAY_SERVE_THROUGHPUT_OPTIMIZED=1
+    # (with RAY_SERVE_ENABLE_DIRECT_INGRESS=0) did not separate from noise on 2 shared cores.
 }
 
 

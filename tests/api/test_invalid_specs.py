@@ -100,6 +100,14 @@ CASES = [
         "pattern",
         "openapi",
     ),
+    Case(
+        "adapter-from-the-hub",
+        gpu_model,
+        _set("spec.adapters", [{"name": "sql", "source": "hf://org/sql-lora"}]),
+        "spec.adapters[0].source",
+        "pvc://claim/path",
+        "openapi",
+    ),
     Case("model-missing", tiny, _drop_model, "spec.model", "required", "openapi"),
     Case("unknown-field", tiny, _set("spec.modle", {"source": "hf://a/b"}), "spec.modle", "unknown field", "strict"),
     Case(
@@ -129,7 +137,7 @@ CASES = [
     Case(
         "duplicate-adapter-names",
         gpu_model,
-        _set("spec.adapters", [{"name": "a", "source": "hf://x/a"}, {"name": "a", "source": "hf://x/b"}]),
+        _set("spec.adapters", [{"name": "a", "source": "pvc://x/a"}, {"name": "a", "source": "pvc://x/b"}]),
         "spec.adapters",
         "unique",
         "cel",
@@ -137,7 +145,7 @@ CASES = [
     Case(
         "adapter-shadows-base-model",
         gpu_model,
-        _set("spec.adapters", [{"name": "qwen2.5-7b-instruct", "source": "hf://x/a"}]),
+        _set("spec.adapters", [{"name": "qwen2.5-7b-instruct", "source": "pvc://x/a"}]),
         "spec.adapters",
         "differ from model.servedModelName",
         "cel",
