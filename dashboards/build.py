@@ -248,7 +248,7 @@ def models() -> dashboard.Dashboard:
             "Requests preempted for lack of KV cache (recomputed later: latency rises).",
             [
                 (
-                    f"sum by (model_name) (rate(ray_vllm_num_preemptions_total{{{MODEL}}}[{RATE}]))",
+                    f"sum by (model_name) (rate(ray_vllm_request_num_preemptions_sum{{{MODEL}}}[{RATE}]))",
                     "{{model_name}}",
                 )
             ],
@@ -259,11 +259,11 @@ def models() -> dashboard.Dashboard:
     d = d.with_panel(
         ts(
             "Prefix-cache hit ratio",
-            "Share of looked-up prompt tokens found in the prefix cache.",
+            "Share of prompt tokens whose KV came from the prefix cache (not computed again).",
             [
                 (
-                    f"sum by (model_name) (rate(ray_vllm_prefix_cache_hits_total{{{MODEL}}}[{RATE}])) "
-                    f"/ clamp_min(sum by (model_name) (rate(ray_vllm_prefix_cache_queries_total{{{MODEL}}}[{RATE}])), 1e-9)",
+                    f"1 - sum by (model_name) (rate(ray_vllm_request_prefill_kv_computed_tokens_sum{{{MODEL}}}[{RATE}])) "
+                    f"/ clamp_min(sum by (model_name) (rate(ray_vllm_prompt_tokens_total{{{MODEL}}}[{RATE}])), 1e-9)",
                     "{{model_name}}",
                 )
             ],

@@ -73,7 +73,13 @@ def serving_stack(tiny_model_dir: Path) -> Iterator[ServingStack]:
     ray = LocalRay(
         log=log_dir / "ray.log",
         # Export metrics every second so tests see them quickly.
-        env={"RAY_metrics_report_interval_ms": "1000", "HF_HUB_OFFLINE": "1"},
+        # One constructor retry: the operator tests deploy a deliberately broken app to this head,
+        # and each retry re-imports vLLM (about 40 s).
+        env={
+            "RAY_metrics_report_interval_ms": "1000",
+            "HF_HUB_OFFLINE": "1",
+            "RAY_SERVE_MAX_PER_REPLICA_RETRY_COUNT": "1",
+        },
     )
     start = time.monotonic()
     try:

@@ -1,0 +1,21 @@
+"""The generated documentation pages are up to date with their sources."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.plugins.common import REPO_ROOT
+
+
+def test_metrics_and_benchmarks_pages_are_generated_from_their_sections() -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "merge_docs.py"), "--check"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_metrics_page_lists_every_component() -> None:
+    text = (REPO_ROOT / "docs" / "METRICS.md").read_text()
+    for marker in ("rayleigh_gateway_", "rayleigh_operator_", "ray_vllm_num_requests_waiting", "ray_serve_"):
+        assert marker in text
