@@ -92,7 +92,15 @@ def test_openai_sdk_streams_through_gateway_with_usage(e2e: E2E) -> None:
 def test_stream_without_include_usage_hides_usage_but_counts_it(e2e: E2E) -> None:
     key_id = e2e.key.split("_")[1]
     r = redis.Redis.from_url(e2e.redis_url)
-    before = int(r.hget(f"rayleigh:usage:{key_id}", f"{e2e.model}|completion_tokens") or 0)
+
+    def completion_tokens() -> int:
+        return int(r.hget(f"rayleigh:usage:{key_id}", f"{e2e.model}|completion_tokens") or 0)
+
+    # Usage is written in batches after each response (every 100 ms): let earlier tests' land first.
+    before, settle_deadline = -1, time.monotonic() + 5
+    while time.monotonic() < settle_deadline and before != completion_tokens():
+        before = completion_tokens()
+        time.sleep(0.5)
     body = {
         "model": e2e.model,
         "messages": [{"role": "user", "content": "Hi"}],

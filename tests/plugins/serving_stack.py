@@ -72,6 +72,9 @@ def serving_stack(tiny_model_dir: Path) -> Iterator[ServingStack]:
     log_dir = Path(tempfile.mkdtemp(prefix="rayleigh-serving-test-"))
     ray = LocalRay(
         log=log_dir / "ray.log",
+        # Room for three LLM replicas (2 logical CPUs each): this app, the operator tests' app and
+        # their deliberately broken one, which must reach its failure rather than wait for CPUs.
+        num_cpus=6,
         # Export metrics every second so tests see them quickly.
         # One constructor retry: the operator tests deploy a deliberately broken app to this head,
         # and each retry re-imports vLLM (about 40 s).

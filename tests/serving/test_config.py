@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from rayleigh_operator.api import ModelDeployment
 from rayleigh_serving.config import (
@@ -175,8 +176,9 @@ def test_adapters_become_static_lora_modules() -> None:
     ]
 
 
-def test_adapter_from_s3_is_a_clear_error() -> None:
-    with pytest.raises(ServeConfigError, match=r"spec\.adapters\[0\]\.source"):
+def test_adapter_from_s3_is_rejected_by_the_api_with_its_field() -> None:
+    """Adapters load from a path on the replica; the schema says so before anything is deployed."""
+    with pytest.raises(ValidationError, match=r"adapters\.0\.source"):
         kwargs(adapters=[{"name": "a", "source": "s3://bucket/a"}])
 
 
