@@ -10,8 +10,8 @@ import click
 
 from rayleigh_operator import crd as crd_module
 from rayleigh_operator import planner
-from rayleigh_operator.api import load_yaml_documents
-from rayleigh_operator.validation import SpecError, problems, validate_document
+from rayleigh_operator.api import load_model_deployment, load_yaml_documents
+from rayleigh_operator.validation import SpecError, problems
 
 
 @click.command()
@@ -86,10 +86,7 @@ def plan(file: str, gpu_memory: str, config_path: Path | None, as_json: bool) ->
     Exits 2 when the model does not fit, with the changes that would make it fit.
     """
     try:
-        docs = load_yaml_documents(file)
-        if len(docs) != 1:
-            raise SpecError([("", f"{file}: expected exactly one YAML document, found {len(docs)}")])
-        md = validate_document(docs[0])
+        md = load_model_deployment(file)
         memory = planner.parse_size(gpu_memory)
         arch = None
         origin = "given"

@@ -18,8 +18,6 @@ from pydantic import BaseModel
 
 from rayleigh_operator import api
 
-_DROP_KEYS = {"title", "additionalProperties"}
-
 
 def _model_classes(root: type[BaseModel]) -> dict[str, type[api.ApiModel]]:
     """Every ApiModel reachable from `root`, by class name (the `$defs` key pydantic uses)."""
@@ -64,10 +62,7 @@ class _Translator:
                 del schema["default"]
             if len(options) == 1:
                 inner = self.node(options[0])
-                inner.update({k: v for k, v in schema.items() if k in ("description", "default")})
-                for key, value in schema.items():
-                    if key not in ("description", "default"):
-                        inner[key] = value
+                inner.update(schema)  # the field's own keywords (description, default, ...) win
                 return self._finish(inner)
             types = sorted(o.get("type", "") for o in options)
             if types == ["integer", "string"]:
@@ -78,15 +73,12 @@ class _Translator:
 
         if schema.get("default", "absent") is None:
             del schema["default"]
-        additional = schema.get("additionalProperties")
+        # A typed map keeps its (translated) value schema; a free-form object preserves unknown
+        # fields; `additionalProperties: false` (extra="forbid") is not allowed in a CRD: dropped.
+        additional = schema.pop("additionalProperties", None)
+        map_values = self.node(additional) if isinstance(additional, dict) and additional else None
         if schema.get("type") == "object" and (additional is True or additional == {}):
             schema["x-kubernetes-preserve-unknown-fields"] = True
-        elif isinstance(additional, dict) and additional:
-            schema["additionalProperties"] = self.node(additional)
-            keep_additional = schema.pop("additionalProperties")
-            schema = self._finish(schema)
-            schema["additionalProperties"] = keep_additional
-            return schema
         if "exclusiveMinimum" in schema and not isinstance(schema["exclusiveMinimum"], bool):
             schema["minimum"] = schema.pop("exclusiveMinimum")
             schema["exclusiveMinimum"] = True
@@ -101,14 +93,14 @@ class _Translator:
             rules = self.classes[cls_name].RULES
             if rules:
                 schema["x-kubernetes-validations"] = [r.to_crd() for r in rules]
-        return self._finish(schema)
+        schema = self._finish(schema)
+        if map_values is not None:
+            schema["additionalProperties"] = map_values
+        return schema
 
     @staticmethod
     def _finish(schema: dict[str, Any]) -> dict[str, Any]:
-        for key in _DROP_KEYS:
-            if key == "additionalProperties" and isinstance(schema.get(key), dict) and schema[key]:
-                continue
-            schema.pop(key, None)
+        schema.pop("title", None)
         if "const" in schema:
             schema["enum"] = [schema.pop("const")]
         return schema

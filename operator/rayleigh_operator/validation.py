@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import re
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -92,17 +93,15 @@ def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
 
 def _cel_problems(schema: dict[str, Any], value: Any, path: str) -> list[Problem]:
     out: list[Problem] = []
-    if isinstance(value, dict):
+    if isinstance(value, dict | list):
         for rule in schema.get("x-kubernetes-validations", []):
             if evaluate_rule(rule["rule"], value) is False:
                 out.append(Problem(path + rule.get("fieldPath", ""), rule["message"]))
+    if isinstance(value, dict):
         for name, sub in schema.get("properties", {}).items():
             if name in value:
                 out.extend(_cel_problems(sub, value[name], f"{path}.{name}"))
     elif isinstance(value, list) and "items" in schema:
-        for rule in schema.get("x-kubernetes-validations", []):
-            if evaluate_rule(rule["rule"], value) is False:
-                out.append(Problem(path + rule.get("fieldPath", ""), rule["message"]))
         for i, item in enumerate(value):
             out.extend(_cel_problems(schema["items"], item, f"{path}[{i}]"))
     return out
@@ -172,8 +171,6 @@ def problems(doc: dict[str, Any]) -> list[Problem]:
 
 
 def _is_dns_label(name: str) -> bool:
-    import re
-
     # Children append suffixes such as "-head-svc" and "-workers", so names stay well under 63.
     return len(name) <= 42 and re.fullmatch(api.DNS_LABEL_PATTERN, name) is not None
 
