@@ -138,6 +138,9 @@ class Entry:
     md: api.ModelDeployment | None = None
     spec_problem: tuple[str, str] | None = None
     options: render.RenderOptions | None = None
+    # This object's route as the gateway reads it (the rendered route ConfigMap's JSON); None while
+    # the spec is invalid or not yet rendered, so the gateway serves no route for it.
+    route_json: str | None = None
     own_versions: dict[str, str] = field(default_factory=dict)
     metric_missing: tuple[str, str] | None = None
     head_ready: bool = False
@@ -167,6 +170,8 @@ class Reconciler:
         self.entries: dict[tuple[str, str], Entry] = {}
         self._wake = asyncio.Event()
         self._routes_dirty = asyncio.Event()
+        self._routes_written: dict[str, str] | None = None  # what the last write put in the ConfigMap
+        self._routes_verify = True  # re-read the ConfigMap before the next write (start, resync)
         self._nodes_cache: tuple[float, list[dict[str, Any]]] | None = None
         self._metrics_cache: tuple[float, set[str] | None] | None = None
         self._monitoring: bool | None = None
@@ -296,6 +301,7 @@ class Reconciler:
             entry.serve_push_error = None
             entry.failed_app_hash = None
         entry.spec_problem = None
+        entry.route_json = None
         try:
             md = parse_spec(doc)
         except SpecError as exc:
@@ -333,6 +339,11 @@ class Reconciler:
         # The rendered children are not kept (re-rendering costs about 0.2 ms; keeping them
         # costs about 100 KB per ModelDeployment): only the options that produced them.
         entry.options = options
+        entry.route_json = next(
+            c["data"][render.ROUTE_KEY]
+            for c in children
+            if c["kind"] == "ConfigMap" and render.ROUTE_LABEL in c["metadata"].get("labels", {})
+        )
         results = await asyncio.gather(*(self._apply_child(c) for c in children))
         for obj in results:
             self._observe_deployment(entry, obj)
@@ -672,22 +683,29 @@ class Reconciler:
     def desired_routes(self) -> dict[str, str]:
         """One key per served ModelDeployment (`namespace_name.json`): the gateway loads each file
         of the mounted ConfigMap as one route. Invalid or not yet rendered objects get no route."""
-        data: dict[str, str] = {}
-        for (namespace, name), entry in sorted(self.entries.items()):
-            if entry.md is None or entry.spec_problem is not None or entry.options is None:
-                continue
-            route = render.route_for(entry.md, entry.options).model_dump(mode="json", by_alias=True)
-            data[f"{namespace}_{name}.json"] = json.dumps(route, sort_keys=True) + "\n"
-        return data
+        return {
+            f"{namespace}_{name}.json": entry.route_json
+            for (namespace, name), entry in sorted(self.entries.items())
+            if entry.route_json is not None and entry.spec_problem is None
+        }
 
     async def write_routes(self) -> None:
-        """Apply the aggregated routes ConfigMap; keys of deleted ModelDeployments are removed."""
+        """Apply the aggregated routes ConfigMap; keys of deleted ModelDeployments are removed.
+
+        The ConfigMap is read back only at start and on each resync (to restore hand edits); in
+        between, a write happens only when the routes differ from what was last written.
+        """
         name = self.config.routes_configmap
         if not name:
             return
         namespace = self.config.render.gateway_namespace
         desired = self.desired_routes()
-        current = await self.kube.get(CONFIGMAPS, namespace, name)
+        if self._routes_verify:
+            current = await self.kube.get(CONFIGMAPS, namespace, name)
+            self._routes_written = None if current is None else dict(current.get("data") or {})
+            self._routes_verify = False
+        if self._routes_written == desired:
+            return
         body = {
             "apiVersion": "v1",
             "kind": "ConfigMap",
@@ -703,13 +721,13 @@ class Reconciler:
             },
             "data": desired,
         }
-        if current is None or (current.get("data") or {}) != desired:
-            await self.kube.apply(body, field_manager=render.FIELD_MANAGER)
-            stale = set((current or {}).get("data") or {}) - set(desired)
-            if stale:
-                # Server-side apply drops keys we no longer own; a merge patch makes sure of it.
-                await self.kube.patch(CONFIGMAPS, namespace, name, {"data": dict.fromkeys(stale)})
-            log.info("gateway routes: %d models in %s/%s", len(desired), namespace, name)
+        await self.kube.apply(body, field_manager=render.FIELD_MANAGER)
+        stale = set(self._routes_written or {}) - set(desired)
+        if stale:
+            # Server-side apply drops keys we no longer own; a merge patch makes sure of it.
+            await self.kube.patch(CONFIGMAPS, namespace, name, {"data": dict.fromkeys(stale)})
+        self._routes_written = desired
+        log.info("gateway routes: %d models in %s/%s", len(desired), namespace, name)
 
     async def _routes_writer(self) -> None:
         while True:
@@ -722,6 +740,7 @@ class Reconciler:
                 raise
             except Exception as exc:
                 log.warning("gateway routes: %r; retrying", exc)
+                self._routes_verify = True  # the write may have half-happened: read back first
                 await asyncio.sleep(1)
                 self._routes_dirty.set()
 
@@ -754,7 +773,8 @@ class Reconciler:
                     await self.resync_children()
                 except Exception:
                     log.exception("resync failed")
-                self._routes_dirty.set()  # a hand-edited routes ConfigMap is restored too
+                self._routes_verify = True  # a hand-edited routes ConfigMap is restored too
+                self._routes_dirty.set()
                 next_resync = time.monotonic() + self.config.resync_seconds
                 for e in self.entries.values():
                     if e.md is not None and e.spec_problem is None and e.next_due == float("inf"):
