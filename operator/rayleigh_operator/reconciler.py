@@ -153,6 +153,8 @@ class Entry:
     failed_app_hash: str | None = None
     replica_placement: str | None = None
     applied: bool = False
+    # Set by the delete handler: the tracker must not deploy this application again.
+    deleting: bool = False
     next_due: float = float("inf")
     last_restore: dict[str, float] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -177,6 +179,10 @@ class Reconciler:
         self._monitoring: bool | None = None
         self._instance = os.environ.get("POD_NAME") or socket.gethostname()
         self._phases: dict[str, int] = dict.fromkeys(("Pending", "Deploying", "Ready", "Degraded", "Failed"), 0)
+        # A Serve PUT replaces every application on a head: GET-then-PUT is a read-modify-write,
+        # so two of them on one head (two ModelDeployments sharing a Ray cluster, or a deploy racing
+        # a delete) must not interleave, or one undoes the other.
+        self._head_locks: dict[str, asyncio.Lock] = {}
 
     # --- per-object settings ---------------------------------------------------------------
 
@@ -200,6 +206,9 @@ class Reconciler:
         return build_serve_config(
             md, route_prefix=self.route_prefix(md), app_name=self.app_name(md), local_base=self.config.local_base
         )
+
+    def head_lock(self, dashboard_url: str) -> asyncio.Lock:
+        return self._head_locks.setdefault(dashboard_url, asyncio.Lock())
 
     # --- cluster facts (cached) ------------------------------------------------------------
 
@@ -559,7 +568,7 @@ class Reconciler:
         """Deploy or update the Serve application when the head is ready; refresh status."""
         async with entry.lock:
             md = entry.md
-            if md is None or entry.spec_problem is not None:
+            if md is None or entry.spec_problem is not None or entry.deleting:
                 return
             if not entry.head_ready:
                 entry.serve_state = None
@@ -567,56 +576,67 @@ class Reconciler:
                 await self.write_status(entry)
                 return
             url = self.dashboard_url(md)
-            app_name = self.app_name(md)
-            try:
-                details = await self.serve.get(url)
-            except serve_client.ServeError as exc:
-                if entry.dashboard_error is None:
-                    log.info("%s/%s: %s", entry.namespace, entry.name, exc)
-                entry.dashboard_error = str(exc)
-                entry.serve_state = None
+            async with self.head_lock(url):
+                state = await self._sync_serve_locked(entry, md, url)
+            if state is None:
                 await self.write_status(entry)
                 return
-            entry.dashboard_error = None
-            state = serve_client.app_state(details, app_name, DEPLOYMENT_NAME)
-            desired = self.serve_config(md)
-            app = desired["applications"][0]
-            app_hash = _hash(app)
-            if state.status == "DEPLOY_FAILED" and serve_client.needs_push(app, state) is False:
-                entry.failed_app_hash = app_hash  # Serve ran exactly this config and it failed
-            push = serve_client.needs_push(app, state) and entry.failed_app_hash != app_hash
-            if push and state.status == "MISSING" and entry.failed_app_hash == app_hash:
-                push = False
-            if push:
-                conflict = serve_client.route_conflict(details, app_name, app["route_prefix"])
-                if conflict:
-                    metrics.SERVE_DEPLOYS.labels("conflict").inc()
-                    entry.serve_push_error = (
-                        f"route prefix {app['route_prefix']} is already served by Serve application "
-                        f"{conflict!r} on this Ray cluster"
-                    )
-                    entry.failed_app_hash = app_hash
-                else:
-                    try:
-                        await self.serve.put(url, serve_client.put_body(details, desired))
-                    except serve_client.ServeError as exc:
-                        metrics.SERVE_DEPLOYS.labels("rejected" if exc.reachable else "unreachable").inc()
-                        if exc.reachable:
-                            entry.serve_push_error = str(exc)
-                            entry.failed_app_hash = app_hash
-                    else:
-                        metrics.SERVE_DEPLOYS.labels("accepted").inc()
-                        log.info("%s/%s: Serve config pushed to %s", entry.namespace, entry.name, url)
-                        entry.serve_push_error = None
-                        state = dataclasses.replace(
-                            state,
-                            status="DEPLOYING"
-                            if state.status in ("MISSING", "NOT_STARTED", "DEPLOY_FAILED")
-                            else state.status,
-                        )
             entry.serve_state = state
             await self.write_status(entry)
             await self._update_deletion_costs(entry, state)
+
+    async def _sync_serve_locked(self, entry: Entry, md: api.ModelDeployment, url: str) -> serve_client.AppState | None:
+        """GET the head's applications and PUT ours when Serve runs something else; the state seen.
+
+        Runs under the head's lock (`head_lock`): the PUT body is built from this very GET.
+        """
+        app_name = self.app_name(md)
+        try:
+            details = await self.serve.get(url)
+        except serve_client.ServeError as exc:
+            if entry.dashboard_error is None:
+                log.info("%s/%s: %s", entry.namespace, entry.name, exc)
+            entry.dashboard_error = str(exc)
+            entry.serve_state = None
+            return None
+        entry.dashboard_error = None
+        state = serve_client.app_state(details, app_name, DEPLOYMENT_NAME)
+        desired = self.serve_config(md)
+        app = desired["applications"][0]
+        app_hash = _hash(app)
+        if state.status == "DEPLOY_FAILED" and serve_client.needs_push(app, state) is False:
+            entry.failed_app_hash = app_hash  # Serve ran exactly this config and it failed
+        push = serve_client.needs_push(app, state) and entry.failed_app_hash != app_hash
+        if push and state.status == "MISSING" and entry.failed_app_hash == app_hash:
+            push = False
+        if push:
+            conflict = serve_client.route_conflict(details, app_name, app["route_prefix"])
+            if conflict:
+                metrics.SERVE_DEPLOYS.labels("conflict").inc()
+                entry.serve_push_error = (
+                    f"route prefix {app['route_prefix']} is already served by Serve application "
+                    f"{conflict!r} on this Ray cluster"
+                )
+                entry.failed_app_hash = app_hash
+            else:
+                try:
+                    await self.serve.put(url, serve_client.put_body(details, desired))
+                except serve_client.ServeError as exc:
+                    metrics.SERVE_DEPLOYS.labels("rejected" if exc.reachable else "unreachable").inc()
+                    if exc.reachable:
+                        entry.serve_push_error = str(exc)
+                        entry.failed_app_hash = app_hash
+                else:
+                    metrics.SERVE_DEPLOYS.labels("accepted").inc()
+                    log.info("%s/%s: Serve config pushed to %s", entry.namespace, entry.name, url)
+                    entry.serve_push_error = None
+                    state = dataclasses.replace(
+                        state,
+                        status="DEPLOYING"
+                        if state.status in ("MISSING", "NOT_STARTED", "DEPLOY_FAILED")
+                        else state.status,
+                    )
+        return state
 
     async def _update_deletion_costs(self, entry: Entry, state: serve_client.AppState) -> None:
         """Idle worker pods go first on scale-down (pod-deletion-cost), updated when placement changes."""
@@ -639,15 +659,19 @@ class Reconciler:
                 md = parse_spec({k: v for k, v in body.items() if k != "status"})
             except (SpecError, ValueError):
                 return
+        async with entry.lock:  # waits for a sync in progress; none deploys it after this
+            entry.deleting = True
         url, app_name = self.dashboard_url(md), self.app_name(md)
-        try:
-            details = await self.serve.get(url)
-        except serve_client.ServeError as exc:
-            if exc.reachable:
-                raise
-            return  # no Ray head, nothing to remove
-        if app_name in (details.get("applications") or {}):
-            await self.serve.put(url, serve_client.remove_body(details, app_name))
+        async with self.head_lock(url):
+            try:
+                details = await self.serve.get(url)
+            except serve_client.ServeError as exc:
+                if exc.reachable:
+                    raise
+                return  # no Ray head, nothing to remove
+            if app_name in (details.get("applications") or {}):
+                await self.serve.put(url, serve_client.remove_body(details, app_name))
+                log.info("%s/%s: Serve application %s removed from %s", entry.namespace, entry.name, app_name, url)
 
     # --- tracker ---------------------------------------------------------------------------
 

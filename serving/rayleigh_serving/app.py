@@ -31,6 +31,7 @@ from ray.serve.llm import LLMConfig
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rayleigh_serving.config import DEPLOYMENT_NAME
+from rayleigh_serving.gauges import keep_gauges_exported
 
 # Streamed chunks are coalesced for this long after the first one (0 disables); chosen by
 # measurement (docs/benchmarks/serving_overhead.md). spec.serving.streamBatchingIntervalMs overrides.
@@ -220,6 +221,8 @@ class RayleighLLMServer(LLMServer):  # type: ignore[misc]
     async def __init__(self, llm_config: LLMConfig | dict[str, Any]) -> None:  # type: ignore[misc]
         if isinstance(llm_config, dict):
             llm_config = LLMConfig.model_validate(llm_config)
+        # Before the engine creates vLLM's gauges: idle gauges must stay exported (see gauges.py).
+        keep_gauges_exported()
         _lora_module_paths(llm_config.engine_kwargs)
         # The builder cached an engine config with the plain dicts: derive it again.
         llm_config._engine_config = None

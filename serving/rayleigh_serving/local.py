@@ -105,6 +105,10 @@ class LocalRay:
             self._own_temp = True
         tuned = RAY_TUNED_ENV if self.tuned else {}
         env = {**os.environ, **RAY_ENV, **tuned, **self.env, "RAY_TMPDIR": str(self.temp_dir)}
+        # Every port is on loopback. With RAY_AUTH_MODE unset, Ray 2.60 turns token auth on when it
+        # finds ~/.ray/auth_token (any earlier `ray.init()` on the machine writes one), and the
+        # dashboard then answers 401 to these REST calls: choose the mode, unless the user did.
+        env.setdefault("RAY_AUTH_MODE", "disabled")
         cmd = [
             _ray_bin(),
             "start",

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import yaml
+
 from rayleigh_operator import reconciler, serve_client
+from tests.plugins.common import EXAMPLES_DIR
 
 OTHER = {"name": "tiny", "route_prefix": "/", "import_path": "x:y", "args": {}}
 MINE = {"name": "m-op", "route_prefix": "/m-op", "import_path": "x:y", "args": {"n": 1}}
@@ -94,3 +98,55 @@ def test_drift_ignores_fields_the_api_server_adds() -> None:
     observed["spec"]["ports"][0]["port"] = 9000
     assert reconciler.drifted(desired_obj, observed)
     assert reconciler.drifted(desired_obj, None)
+
+
+class SlowDeclarativeHead(serve_client.ServeClient):
+    """In-memory stand-in for a Ray dashboard's declarative Serve API: a PUT replaces every
+    application. GET yields to the event loop, so concurrent read-modify-writes interleave the way
+    they can on a loaded head; a real head cannot be made to produce that interleaving on demand
+    (the real-head delete path is covered by tests/operator/test_operator_ray.py)."""
+
+    def __init__(self, *apps: dict[str, Any]) -> None:
+        super().__init__()
+        self.apps = {a["name"]: a for a in apps}
+
+    async def get(self, dashboard_url: str) -> dict[str, Any]:
+        snapshot = details(*self.apps.values())
+        await asyncio.sleep(0.01)
+        return snapshot
+
+    async def put(self, dashboard_url: str, body: dict[str, Any]) -> None:
+        self.apps = {a["name"]: a for a in body["applications"]}
+
+
+def md_body(name: str) -> dict[str, Any]:
+    doc = yaml.safe_load((EXAMPLES_DIR / "tiny.yaml").read_text())
+    doc["metadata"] = {"name": name, "namespace": "default"}
+    return dict(doc)
+
+
+async def test_two_deletes_on_one_shared_head_remove_both_applications() -> None:
+    a, b = {**MINE, "name": "a-op"}, {**MINE, "name": "b-op", "route_prefix": "/b-op"}
+    head = SlowDeclarativeHead(OTHER, a, b)
+    rec = reconciler.Reconciler(
+        kube=None,  # type: ignore[arg-type]  # removing a Serve app never touches the Kubernetes API
+        config=reconciler.OperatorConfig(app_name="{name}-op", dashboard_url="http://head:8265", external_ray=True),
+        serve=head,
+    )
+    await asyncio.gather(rec.remove_serve_app(md_body("a")), rec.remove_serve_app(md_body("b")))
+    assert set(head.apps) == {"tiny"}
+
+
+async def test_a_deleted_model_deployment_is_never_deployed_again_by_the_tracker() -> None:
+    head = SlowDeclarativeHead(OTHER)
+    rec = reconciler.Reconciler(
+        kube=None,  # type: ignore[arg-type]
+        config=reconciler.OperatorConfig(app_name="{name}-op", dashboard_url="http://head:8265", external_ray=True),
+        serve=head,
+    )
+    entry = rec.entry_for(md_body("a"))
+    entry.md = reconciler.parse_spec(md_body("a"))
+    entry.head_ready = True
+    await rec.remove_serve_app(md_body("a"))
+    await rec.sync_serve(entry)
+    assert set(head.apps) == {"tiny"}

@@ -1,12 +1,24 @@
-"""Local mode pieces that need no engine: the gateway route `rayleigh up` writes."""
+"""Local mode: the gateway route `rayleigh up` writes, and `rayleigh up` itself (what `make demo` runs)."""
 
 from __future__ import annotations
 
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+import openai
 import pytest
 
 from rayleigh_operator.api import load_model_deployment
 from rayleigh_serving.gateway_local import route_for
-from tests.plugins.common import EXAMPLES_DIR
+from tests.plugins.common import EXAMPLES_DIR, REPO_ROOT, free_port
 
 
 def test_gateway_route_for_tiny_example_is_a_valid_gateway_route() -> None:
@@ -20,3 +32,81 @@ def test_gateway_route_for_tiny_example_is_a_valid_gateway_route() -> None:
 def test_gateway_route_lists_adapters_as_models() -> None:
     md = load_model_deployment(EXAMPLES_DIR / "qwen-lora.yaml")
     assert route_for(md, "http://x:1")["models"] == ["qwen-1.8b", "sql-assistant", "support-tone"]
+
+
+def read_until(lines: queue.Queue[str | None], marker: str, timeout: float) -> str:
+    """Everything printed up to the line holding `marker` (`lines` is fed by `pump`)."""
+    out: list[str] = []
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
+        if line is None:
+            break
+        out.append(line)
+        if marker in line:
+            return "".join(out)
+    raise AssertionError(f"no {marker!r} within {timeout:.0f} s; printed:\n{''.join(out)}")
+
+
+def pump(stream: IO[str]) -> queue.Queue[str | None]:
+    """Lines of `stream` as they come, read on a thread (None at end of stream)."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def run() -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=run, daemon=True).start()
+    return lines
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(900)
+def test_rayleigh_up_serves_the_tiny_model_through_the_gateway_until_ctrl_c(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """`make demo` runs `rayleigh up -f manifests/examples/tiny.yaml`: it must print a working
+    endpoint, key and start-to-first-answer time, and stop everything on Ctrl-C. HOME holds a Ray
+    token (any earlier `ray.init()` leaves one), which must not switch local mode's Ray to token auth."""
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("0123456789abcdef0123456789abcdef")
+    port = free_port()
+    env = {**os.environ, "HOME": str(home), "RAYLEIGH_STATE_DIR": str(tmp_path / "state")}
+    env.pop("RAY_AUTH_MODE", None)
+    rayleigh = Path(sys.executable).with_name("rayleigh")
+    proc = subprocess.Popen(
+        [str(rayleigh), "up", "-f", str(EXAMPLES_DIR / "tiny.yaml"), "--port", str(port)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        printed = read_until(pump(proc.stdout), "Press Ctrl-C to stop.", timeout=600)
+        assert re.search(r"Ready: first answer \d+\.\d s after start", printed)
+        assert f"OpenAI endpoint: http://127.0.0.1:{port}/v1" in printed
+        key = re.search(r"API key \(local, generated\): (\S+)", printed)
+        assert key, printed
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key.group(1), max_retries=0)
+        r = client.chat.completions.create(
+            model="tiny-qwen", messages=[{"role": "user", "content": "Hello!"}], max_tokens=4
+        )
+        assert r.usage is not None and r.usage.completion_tokens >= 1
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong", max_retries=0).models.list()
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    with pytest.raises(openai.APIConnectionError):
+        openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key.group(1), max_retries=0).models.list()

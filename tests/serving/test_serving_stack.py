@@ -250,3 +250,17 @@ def test_metrics_endpoint_lists_documented_names(client: openai.OpenAI, serving_
 def test_engine_metrics_carry_the_served_model_name(serving_stack: ServingStack) -> None:
     text = scrape(serving_stack)
     assert re.search(r'ray_vllm_num_requests_running\{[^}]*model_name="tiny-qwen"', text)
+
+
+def test_engine_gauges_stay_exported_while_the_replica_is_idle(
+    client: openai.OpenAI, serving_stack: ServingStack
+) -> None:
+    """Ray evicts a gauge not re-reported within two export intervals (1 s each in this stack);
+    vLLM sets its gauges only on engine steps. The replica re-reports them, so an idle engine
+    shows 0 running requests instead of no series (which an HPA would read as a missing metric)."""
+    client.chat.completions.create(model=serving_stack.model, messages=PROMPT, max_tokens=2)  # type: ignore[arg-type]
+    time.sleep(5)  # idle for five export intervals
+    text = scrape(serving_stack)
+    running = re.findall(r'^ray_vllm_num_requests_running\{[^}]*model_name="tiny-qwen"[^}]*\} (\S+)$', text, re.M)
+    assert running and {float(v) for v in running} == {0.0}
+    assert re.search(r'^ray_rayleigh_serving_requests_in_flight\{[^}]*route="/v1/chat/completions"', text, re.M)
