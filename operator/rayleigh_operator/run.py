@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,11 @@ def operator(
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # kopf's per-object INFO lines cost CPU at scale; its warnings and errors still show.
     logging.getLogger("kopf").setLevel(logging.WARNING if log_level != "DEBUG" else logging.DEBUG)
+    import kopf  # noqa: F401  # imported before tune_gc() freezes the start-up heap
+
+    from rayleigh_operator import handlers, reconciler  # noqa: F401
+
+    tune_gc()
     asyncio.run(
         run_operator(
             config,
@@ -149,6 +155,27 @@ def operator(
             liveness=liveness,
         )
     )
+
+
+# Allocations between young-generation collections (CPython's default: 700), and how many young
+# collections come before an older one (defaults 10, 10).
+GC_THRESHOLDS = (50_000, 20, 10)
+
+
+def tune_gc() -> None:
+    """Spend the operator's CPU on reconciling, not on the cyclic garbage collector.
+
+    Each watch event and API response is parsed into thousands of small dicts and lists, so with
+    CPython's default thresholds the collector runs every 700 allocations and keeps re-scanning
+    the long-lived heap: kopf's, pydantic's and aiohttp's module objects plus every object's
+    state. Measured in bench/operator_scale.py at 1000 objects: about a third of the operator's
+    CPU time was the collector (with collection off entirely, CPU fell from about 8 s to 5 s).
+    `gc.freeze()` moves everything alive after start-up (the imported modules) out of the
+    collector's view, and larger thresholds make collections rare; almost all of this process's
+    garbage is acyclic and freed by reference counting anyway, so memory does not grow from it.
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 async def run_operator(
