@@ -140,11 +140,6 @@ def operator(
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # kopf's per-object INFO lines cost CPU at scale; its warnings and errors still show.
     logging.getLogger("kopf").setLevel(logging.WARNING if log_level != "DEBUG" else logging.DEBUG)
-    import kopf  # noqa: F401  # imported before tune_gc() freezes the start-up heap
-
-    from rayleigh_operator import handlers, reconciler  # noqa: F401
-
-    tune_gc()
     asyncio.run(
         run_operator(
             config,
@@ -194,6 +189,7 @@ async def run_operator(
     from rayleigh_operator.kube import KubeClient, load_credentials
     from rayleigh_operator.reconciler import Reconciler
 
+    tune_gc()  # after the imports above: the start-up heap it freezes includes them
     credentials = load_credentials(kubeconfig, context)
     reconciler = Reconciler(KubeClient(credentials), config)
     diffbase, progress = MemoryDiffBase(), MemoryProgress()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,17 +33,11 @@ class GaugeKeeper:
         self._lock = threading.Lock()
         self._series: dict[SeriesKey, tuple[Any, dict[str, str] | None, float]] = {}
         self._original_set: Callable[..., None] | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
 
     def remember(self, gauge: Any, value: float, tags: dict[str, str] | None) -> None:
         key = (id(gauge), tuple(sorted((tags or {}).items())))
         with self._lock:
             self._series[key] = (gauge, dict(tags) if tags else None, value)
-
-    def series_count(self) -> int:
-        with self._lock:
-            return len(self._series)
 
     def refresh(self) -> None:
         setter = self._original_set
@@ -73,13 +68,11 @@ class GaugeKeeper:
 
             self._original_set = original
             metrics.Gauge.set = set_and_remember  # type: ignore[method-assign,assignment]
-            self._thread = threading.Thread(
-                target=self._run, args=(interval_s,), name="rayleigh-gauge-keeper", daemon=True
-            )
-            self._thread.start()
+            threading.Thread(target=self._run, args=(interval_s,), name="rayleigh-gauge-keeper", daemon=True).start()
 
     def _run(self, interval_s: float) -> None:
-        while not self._stop.wait(interval_s):
+        while True:  # a daemon thread: it ends with the replica's process
+            time.sleep(interval_s)
             self.refresh()
 
 
@@ -87,16 +80,15 @@ KEEPER = GaugeKeeper()
 
 
 def refresh_interval_s() -> float:
-    """Half of Ray's gauge export interval (never below 0.5 s): two refreshes per eviction window."""
+    """Half of Ray's gauge export interval (which Ray floors at 1 s): two refreshes per eviction window."""
     try:
         import ray
 
         interval_ms = float(ray._config.metrics_report_interval_ms())
     except Exception:
         interval_ms = 10_000.0
-    return max(0.5, max(interval_ms, 1000.0) / 2000.0)
+    return max(interval_ms, 1000.0) / 2000.0
 
 
-def keep_gauges_exported() -> GaugeKeeper:
+def keep_gauges_exported() -> None:
     KEEPER.install(refresh_interval_s())
-    return KEEPER

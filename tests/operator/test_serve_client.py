@@ -125,25 +125,26 @@ def md_body(name: str) -> dict[str, Any]:
     return dict(doc)
 
 
-async def test_two_deletes_on_one_shared_head_remove_both_applications() -> None:
-    a, b = {**MINE, "name": "a-op"}, {**MINE, "name": "b-op", "route_prefix": "/b-op"}
-    head = SlowDeclarativeHead(OTHER, a, b)
-    rec = reconciler.Reconciler(
-        kube=None,  # type: ignore[arg-type]  # removing a Serve app never touches the Kubernetes API
+def shared_head_reconciler(head: SlowDeclarativeHead) -> reconciler.Reconciler:
+    """A reconciler whose ModelDeployments all share one external Ray head (`{name}-op` apps)."""
+    return reconciler.Reconciler(
+        kube=None,  # type: ignore[arg-type]  # deploying/removing a Serve app never touches the Kubernetes API
         config=reconciler.OperatorConfig(app_name="{name}-op", dashboard_url="http://head:8265", external_ray=True),
         serve=head,
     )
+
+
+async def test_two_deletes_on_one_shared_head_remove_both_applications() -> None:
+    a, b = {**MINE, "name": "a-op"}, {**MINE, "name": "b-op", "route_prefix": "/b-op"}
+    head = SlowDeclarativeHead(OTHER, a, b)
+    rec = shared_head_reconciler(head)
     await asyncio.gather(rec.remove_serve_app(md_body("a")), rec.remove_serve_app(md_body("b")))
     assert set(head.apps) == {"tiny"}
 
 
 async def test_a_deleted_model_deployment_is_never_deployed_again_by_the_tracker() -> None:
     head = SlowDeclarativeHead(OTHER)
-    rec = reconciler.Reconciler(
-        kube=None,  # type: ignore[arg-type]
-        config=reconciler.OperatorConfig(app_name="{name}-op", dashboard_url="http://head:8265", external_ray=True),
-        serve=head,
-    )
+    rec = shared_head_reconciler(head)
     entry = rec.entry_for(md_body("a"))
     entry.md = reconciler.parse_spec(md_body("a"))
     entry.head_ready = True
