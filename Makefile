@@ -44,7 +44,7 @@ sync: $(STAMP)
 
 # Regenerate the API field reference (same text as `rayleigh explain` / `kubectl explain`).
 docs: $(STAMP)
-	$(PY) -c "from rayleigh_operator.reference import markdown; print(markdown(), end='')" > docs/API.md
+	$(PY) -c "from rayleigh_api.reference import markdown; print(markdown(), end='')" > docs/API.md
 	$(PY) scripts/merge_docs.py
 
 # Serve the tiny bundled model locally through the gateway (no cluster, no GPU).

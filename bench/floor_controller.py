@@ -19,7 +19,8 @@ from typing import Any
 
 import aiohttp
 
-from rayleigh_operator import api, render
+import rayleigh_api as api
+from rayleigh_operator import render
 from rayleigh_operator.kube import MODEL_DEPLOYMENTS, KubeClient, load_credentials
 
 

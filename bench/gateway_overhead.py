@@ -1,6 +1,6 @@
 """What the Rayleigh gateway adds over a direct call, against the floor and LiteLLM, in one run.
 
-Four paths to the same fast local OpenAI-compatible upstream (rayleigh_gateway.devupstream):
+Four paths to the same fast local OpenAI-compatible upstream (bench.devupstream):
   direct    the upstream itself
   floor     bench/gateway_floor.py: a bare raw-ASGI pass-through (uvicorn+uvloop+httptools, aiohttp)
   rayleigh  `rayleigh gateway` with API-key auth, Redis rate limits (requests and tokens),
@@ -46,7 +46,7 @@ from typing import Any
 import aiohttp
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "serving"))
+sys.path[:0] = [str(REPO / d) for d in ("api", "gateway", "serving", "operator")]
 
 from rayleigh_gateway.keys import KeyStore, save_keys  # noqa: E402
 
@@ -240,12 +240,12 @@ def start_all(workdir: Path, quick: bool) -> tuple[list[Proc], dict[str, Target]
     procs: list[Proc] = []
     errors: str | None = None
     info: dict[str, Any] = {}
-    env_py = {"PYTHONPATH": f"{REPO / 'serving'}:{REPO / 'operator'}"}
+    env_py = {"PYTHONPATH": ":".join(str(REPO / d) for d in (".", "api", "gateway", "serving", "operator"))}
 
     up_port = free_port()
     upstream = spawn(
         "upstream",
-        [py, "-m", "rayleigh_gateway.devupstream", "--port", str(up_port)],
+        [py, "-m", "bench.devupstream", "--port", str(up_port)],
         PROXY_CPU,
         up_port,
         workdir,

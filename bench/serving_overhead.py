@@ -37,7 +37,7 @@ from typing import Any
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "serving"))
+sys.path[:0] = [str(REPO / d) for d in ("api", "gateway", "serving", "operator")]
 sys.path.insert(0, str(REPO / "operator"))
 
 from rayleigh_serving.local import LocalRay, free_port, http_json  # noqa: E402
@@ -157,7 +157,7 @@ def _stock_config(model_dir: Path) -> dict[str, Any]:
 
 
 def _rayleigh_config(model_dir: Path, interval_ms: float | None = None) -> dict[str, Any]:
-    from rayleigh_operator.api import ModelDeployment
+    from rayleigh_api import ModelDeployment
     from rayleigh_serving.config import build_serve_config
 
     md = ModelDeployment.model_validate(

@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import kopf
 
-from rayleigh_operator import api
+import rayleigh_api as api
 from rayleigh_operator.reconciler import Reconciler
 
 log = logging.getLogger("rayleigh.operator")

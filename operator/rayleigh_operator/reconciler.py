@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rayleigh_operator import api, metrics, render, serve_client, status
+import rayleigh_api as api
+from rayleigh_operator import metrics, render, serve_client, status
 from rayleigh_operator.kube import (
     CONFIGMAPS,
     DEPLOYMENTS,
@@ -44,7 +45,7 @@ from rayleigh_operator.kube import (
     KubeClient,
     type_of,
 )
-from rayleigh_operator.validation import SpecError, validate_document
+from rayleigh_api.validation import SpecError, validate_document
 from rayleigh_serving.config import DEPLOYMENT_NAME, ServeConfigError, build_serve_config
 
 log = logging.getLogger("rayleigh.operator")

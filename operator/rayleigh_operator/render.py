@@ -27,8 +27,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from rayleigh_gateway.routes import Route
-from rayleigh_operator import api
+from rayleigh_gateway.routes import RouteError, route_for
+import rayleigh_api as api
+from rayleigh_api.errors import FieldErrors
 from rayleigh_serving.config import HF_CACHE_DIR, PVC_MOUNT_ROOT
 
 FIELD_MANAGER = "rayleigh-operator"
@@ -56,12 +57,8 @@ AUTOSCALING_METRICS: dict[str, str] = {
 DEFAULT_TARGETS: dict[str, float] = {"queueDepth": 2.0, "inFlightRequests": 16.0, "kvCacheUsage": 0.8}
 
 
-class RenderError(ValueError):
+class RenderError(FieldErrors):
     """A spec the renderers cannot turn into working objects; `problems` lists (field, message)."""
-
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(f"{f}: {m}" if f else m for f, m in problems))
 
 
 @dataclass(frozen=True)
@@ -603,49 +600,11 @@ def _prom_label(label: str) -> str:
 # --- gateway route ----------------------------------------------------------------------------
 
 
-def route_for(md: api.ModelDeployment, options: RenderOptions) -> Route:
-    """The gateway's route for this model (validated by the gateway's own model)."""
-    gw = md.spec.gateway
-    route: dict[str, Any] = {
-        "name": md.name,
-        "namespace": md.namespace,
-        "backend": serve_backend_url(md, options),
-        "models": md.served_models(),
-        "public": gw.public,
-        "allowedCIDRs": list(gw.allowed_cidrs),
-    }
-    if gw.auth is not None:
-        auth: dict[str, Any] = {"apiKeys": gw.auth.api_keys}
-        jwt = gw.auth.jwt
-        if jwt is not None:
-            if jwt.jwks_url is None:
-                raise RenderError(
-                    [
-                        (
-                            "spec.gateway.auth.jwt",
-                            "the gateway reads JWT keys only from jwksUrl for now: publicKeySecretRef and "
-                            "hmacSecretRef would have to be copied into the route ConfigMap, which is "
-                            "readable by more people than the Secret; use jwksUrl",
-                        )
-                    ]
-                )
-            auth["jwt"] = {
-                "issuer": jwt.issuer,
-                "audience": jwt.audience,
-                "jwksUrl": jwt.jwks_url,
-                "algorithms": list(jwt.algorithms),
-            }
-        route["auth"] = auth
-    if gw.rate_limits is not None:
-        route["rateLimits"] = gw.rate_limits.model_dump(by_alias=True, exclude_none=True)
-    try:
-        return Route.model_validate(route)
-    except ValueError as exc:
-        raise RenderError([("spec.gateway", f"the gateway rejects this route: {exc}")]) from None
-
-
 def render_route(md: api.ModelDeployment, options: RenderOptions) -> dict[str, Any]:
-    route = route_for(md, options)
+    try:
+        route = route_for(md, serve_backend_url(md, options))
+    except RouteError as exc:
+        raise RenderError(exc.problems) from None
     body = route.model_dump(mode="json", by_alias=True)
     meta = _metadata(md, child_name(md, "route"), "route")
     meta["labels"][ROUTE_LABEL] = "true"

@@ -43,8 +43,8 @@ def render(
     metadata.uid, as it has once it exists in a cluster.
     """
     from rayleigh_operator import render as r
-    from rayleigh_operator.api import load_model_deployment
-    from rayleigh_operator.validation import SpecError
+    from rayleigh_api.loading import load_model_deployment
+    from rayleigh_api.validation import SpecError
 
     try:
         md = load_model_deployment(filename)

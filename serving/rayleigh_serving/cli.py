@@ -163,8 +163,8 @@ def _gateway_command() -> list[str] | None:
 @click.option("--exit-after-ready", is_flag=True, help="Stop as soon as the first answer came (for CI).")
 def up(path: Path, port: int, gateway: bool, num_cpus: int, timeout: float, exit_after_ready: bool) -> None:
     """Serve a ModelDeployment on this machine: local Ray, the Serve app, the gateway."""
-    from rayleigh_operator.api import load_model_deployment
-    from rayleigh_operator.validation import SpecError
+    from rayleigh_api.loading import load_model_deployment
+    from rayleigh_api.validation import SpecError
     from rayleigh_serving.config import ServeConfigError, build_serve_config
     from rayleigh_serving.local import LocalRay, free_port, wait_for_answer
 

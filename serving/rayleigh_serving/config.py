@@ -40,8 +40,10 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rayleigh_api.errors import FieldErrors
+
 if TYPE_CHECKING:
-    from rayleigh_operator.api import ModelDeployment
+    from rayleigh_api import ModelDeployment
 
 # The Serve application builder the config points at (runs inside the Ray cluster).
 IMPORT_PATH = "rayleigh_serving.app:build_app"
@@ -63,12 +65,8 @@ HEALTH_CHECK_TIMEOUT_S = 30
 GRACEFUL_SHUTDOWN_TIMEOUT_S = 60
 
 
-class ServeConfigError(ValueError):
+class ServeConfigError(FieldErrors):
     """A spec that cannot be turned into a working vLLM engine; `problems` lists (field, message)."""
-
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(f"{f}: {m}" if f else m for f, m in problems))
 
 
 @dataclass(frozen=True)
@@ -313,8 +311,3 @@ def build_serve_config(
         "http_options": {"host": http_host, "port": http_port},
         "applications": [app],
     }
-
-
-def served_model_names(md: ModelDeployment) -> list[str]:
-    """Names /v1/models lists for this deployment: the base model, then each adapter."""
-    return md.served_models()

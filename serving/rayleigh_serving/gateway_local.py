@@ -18,23 +18,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from rayleigh_gateway.routes import route_for
 from rayleigh_serving.local import free_port
-
-
-def route_for(md: Any, upstream: str) -> dict[str, Any]:
-    """The gateway route (rayleigh_gateway.routes.Route, camelCase) for a ModelDeployment."""
-    gw = md.spec.gateway
-    route: dict[str, Any] = {
-        "name": md.name or md.served_model_name(),
-        "namespace": md.namespace,
-        "backend": upstream,
-        "models": md.served_models(),
-        "public": gw.public,
-        "allowedCIDRs": list(gw.allowed_cidrs),
-    }
-    if gw.rate_limits is not None:
-        route["rateLimits"] = gw.rate_limits.model_dump(by_alias=True, exclude_none=True)
-    return route
 
 
 class LocalGateway:
@@ -55,7 +40,7 @@ class LocalGateway:
         from rayleigh_gateway.keys import load_or_new, save_keys
 
         config_path = self.state_dir / "gateway-routes.json"
-        config_path.write_text(json.dumps({"routes": [route_for(self.md, self.upstream)]}, indent=2))
+        config_path.write_text(json.dumps({"routes": [route_for(self.md, self.upstream).model_dump(mode="json", by_alias=True)]}, indent=2))
         keys_path = self.state_dir / "gateway-keys.json"
         store = load_or_new(str(keys_path))
         key, _record = store.create("rayleigh-up", [], None, None, None)

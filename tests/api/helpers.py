@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from rayleigh_operator import crd
+from rayleigh_api import crd
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml"))

@@ -9,7 +9,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from rayleigh_operator.cli import COMMANDS, main
+from rayleigh_api.cli import COMMANDS, main
 
 
 def test_help_lists_the_api_commands() -> None:
@@ -32,7 +32,7 @@ def test_every_listed_subcommand_has_working_help(name: str) -> None:
 def test_api_commands_do_not_import_ray_or_vllm() -> None:
     """`rayleigh crd`/`validate` must run in the operator image, which has neither."""
     code = (
-        "import sys; from click.testing import CliRunner; from rayleigh_operator.cli import main;"
+        "import sys; from click.testing import CliRunner; from rayleigh_api.cli import main;"
         "r = CliRunner().invoke(main, ['crd']); assert r.exit_code == 0;"
         "print(sorted(m for m in ('ray', 'vllm', 'torch') if m in sys.modules))"
     )

@@ -9,9 +9,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from rayleigh_operator import api, crd
-from rayleigh_operator.cli import main
-from rayleigh_operator.validation import evaluate_rule
+import rayleigh_api as api
+from rayleigh_api import crd
+from rayleigh_api.cli import main
+from rayleigh_api.validation import evaluate_rule
 
 from .helpers import CRD_FILES
 
@@ -98,7 +99,7 @@ def test_every_cel_rule_compiles_and_has_a_message() -> None:
     for rule in rules:
         assert rule["message"]
         # Compiles: evaluating against an empty object yields a result or a type error, never a parse error.
-        from rayleigh_operator.validation import _program
+        from rayleigh_api.validation import _program
 
         _program(rule["rule"])
 

@@ -8,9 +8,9 @@ import jsonschema
 import pytest
 from click.testing import CliRunner
 
-from rayleigh_operator import crd
-from rayleigh_operator.cli import main
-from rayleigh_operator.validation import validate_document
+from rayleigh_api import crd
+from rayleigh_api.cli import main
+from rayleigh_api.validation import validate_document
 
 from .helpers import EXAMPLES, load
 

@@ -18,9 +18,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from rayleigh_operator import crd
-from rayleigh_operator.cli import main
-from rayleigh_operator.validation import apply_defaults, evaluate_rule
+from rayleigh_api import crd
+from rayleigh_api.cli import main
+from rayleigh_api.validation import apply_defaults, evaluate_rule
 
 from .helpers import gpu_model, tiny
 

@@ -27,9 +27,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from rayleigh_operator import planner
-from rayleigh_operator.api import ModelDeployment
-from rayleigh_operator.cli import main
+from rayleigh_api import planner
+from rayleigh_api import ModelDeployment
+from rayleigh_api.cli import main
 
 GIB = 1024**3
 USABLE_8GIB = 8 * GIB * 0.9 - 1 * GIB

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from rayleigh_operator import reference
-from rayleigh_operator.cli import main
+from rayleigh_api import reference
+from rayleigh_api.cli import main
 
 from .helpers import REPO
 

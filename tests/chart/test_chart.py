@@ -357,7 +357,7 @@ def test_chart_crd_is_the_generated_one_and_passes_the_schema() -> None:
 def test_route_rendered_by_the_operator_fits_the_charts_static_routes() -> None:
     """The e2e workflow feeds the operator's route ConfigMap into gateway.routes: the chart's
     schema accepts it and the gateway's config model loads the result."""
-    from rayleigh_operator.api import load_model_deployment
+    from rayleigh_api.loading import load_model_deployment
     from rayleigh_operator.render import ROUTE_KEY, render_route
 
     md = load_model_deployment(CHART.parents[1] / "manifests" / "examples" / "tiny.yaml")

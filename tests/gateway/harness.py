@@ -1,6 +1,6 @@
 """Helpers for the gateway tests: run the real gateway and a test upstream on loopback ports.
 
-The upstream is `rayleigh_gateway.devupstream`, an OpenAI-shaped HTTP server standing in for a
+The upstream is `bench.devupstream`, an OpenAI-shaped HTTP server standing in for a
 model server (the end-to-end tests use the real Ray Serve + vLLM stack instead). It is a test
 upstream, not a mock of the gateway: everything the gateway does runs for real.
 """
@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from rayleigh_gateway.app import Gateway, Settings
-from rayleigh_gateway.devupstream import make_app
+from bench.devupstream import make_app
 from rayleigh_gateway.keys import KeyStore, save_keys
 from tests.plugins.common import REPO_ROOT, free_port
 
@@ -149,7 +149,7 @@ class GatewayProcess:
         if redis_url:
             args += ["--redis-url", redis_url]
         self.log = log.open("wb")
-        env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'serving'}:{REPO_ROOT / 'operator'}"}
+        env = {**os.environ, "PYTHONPATH": ":".join(str(REPO_ROOT / d) for d in (".", "api", "gateway", "serving", "operator"))}
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
     def wait_ready(self, timeout: float = 30.0) -> None:

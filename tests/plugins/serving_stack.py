@@ -59,7 +59,8 @@ def tiny_model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def serving_stack(tiny_model_dir: Path) -> Iterator[ServingStack]:
-    from rayleigh_operator.api import ModelDeployment, load_model_deployment
+    from rayleigh_api import ModelDeployment
+    from rayleigh_api.loading import load_model_deployment
     from rayleigh_serving.config import build_serve_config
     from rayleigh_serving.local import LocalRay, wait_for_answer
 

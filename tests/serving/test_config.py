@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from rayleigh_operator.api import ModelDeployment
+from rayleigh_api import ModelDeployment
 from rayleigh_serving.config import (
     HF_CACHE_DIR,
     IMPORT_PATH,

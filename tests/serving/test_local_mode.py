@@ -16,22 +16,21 @@ from typing import IO
 import openai
 import pytest
 
-from rayleigh_operator.api import load_model_deployment
-from rayleigh_serving.gateway_local import route_for
+from rayleigh_api.loading import load_model_deployment
+from rayleigh_gateway.routes import parse_config, route_for
 from tests.plugins.common import EXAMPLES_DIR, REPO_ROOT, free_port
 
 
 def test_gateway_route_for_tiny_example_is_a_valid_gateway_route() -> None:
-    routes = pytest.importorskip("rayleigh_gateway.routes")
     md = load_model_deployment(EXAMPLES_DIR / "tiny.yaml")
-    config = routes.parse_config({"routes": [route_for(md, "http://127.0.0.1:9")]})
+    config = parse_config({"routes": [route_for(md, "http://127.0.0.1:9").model_dump(mode="json", by_alias=True)]})
     route = config.routes[0]
     assert (route.backend, route.models, route.public) == ("http://127.0.0.1:9", ["tiny-qwen"], False)
 
 
 def test_gateway_route_lists_adapters_as_models() -> None:
     md = load_model_deployment(EXAMPLES_DIR / "qwen-lora.yaml")
-    assert route_for(md, "http://x:1")["models"] == ["qwen-1.8b", "sql-assistant", "support-tone"]
+    assert route_for(md, "http://x:1").models == ["qwen-1.8b", "sql-assistant", "support-tone"]
 
 
 def read_until(lines: queue.Queue[str | None], marker: str, timeout: float) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from rayleigh_operator.api import ModelDeployment
+from rayleigh_api import ModelDeployment
 from rayleigh_serving.config import engine_kwargs_for, vllm_argument_names
 
 pytest.importorskip("vllm")

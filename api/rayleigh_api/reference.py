@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rayleigh_operator import crd
+from rayleigh_api import crd
 
 
 def _type_of(node: dict[str, Any]) -> str:
@@ -97,7 +97,7 @@ def markdown() -> str:
     out = [
         "# ModelDeployment API reference (serving.rayleigh.dev/v1alpha1)",
         "",
-        "Generated from `operator/rayleigh_operator/api.py` by `make docs`; `rayleigh explain FIELD` and",
+        "Generated from `api/rayleigh_api/` by `make docs`; `rayleigh explain FIELD` and",
         "`kubectl explain modeldeployment.FIELD` print the same text. Do not edit by hand.",
         "",
     ]

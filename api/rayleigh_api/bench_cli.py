@@ -17,7 +17,12 @@ def _bench_dir() -> Path:
 
 
 def _available(bench: Path) -> list[str]:
-    return sorted(p.stem for p in bench.glob("*.py") if not p.stem.startswith("_") and p.stem != "__init__")
+    """The benchmarks: scripts that follow the convention (`--quick`, `--json`); floors and servers do not."""
+    return sorted(
+        p.stem
+        for p in bench.glob("*.py")
+        if not p.stem.startswith("_") and "--quick" in p.read_text() and "--json" in p.read_text()
+    )
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -31,11 +36,11 @@ def bench(name: str | None, quick: bool, json_path: str | None, extra: tuple[str
     Without NAME, lists the benchmarks.
     """
     folder = _bench_dir()
-    names = [n for n in _available(folder) if n not in ("floor_proxy", "floor_controller")]
+    names = _available(folder)
     if not name:
         click.echo("\n".join(names))
         return
-    if name not in _available(folder):
+    if name not in names:
         raise click.ClickException(f"unknown benchmark {name!r}; available: {', '.join(names)}")
     cmd = [sys.executable, str(folder / f"{name}.py"), *extra]
     if quick:

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from rayleigh_operator import api
+import rayleigh_api as api
 
 
 def _model_classes(root: type[BaseModel]) -> dict[str, type[api.ApiModel]]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rayleigh_operator import api
+import rayleigh_api as api
 
 GIB = 1024**3
 

@@ -20,24 +20,13 @@ import celpy
 from celpy import celtypes
 from pydantic import ValidationError
 
-from rayleigh_operator import api, crd
+import rayleigh_api as api
+from rayleigh_api import crd
+from rayleigh_api.errors import FieldErrors, Problem
 
 
-@dataclass(frozen=True)
-class Problem:
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
-
-
-class SpecError(ValueError):
+class SpecError(FieldErrors):
     """A ModelDeployment that the API server would reject; lists every problem."""
-
-    def __init__(self, problems: list[tuple[str, str]] | list[Problem]) -> None:
-        self.problems = [p if isinstance(p, Problem) else Problem(*p) for p in problems]
-        super().__init__("; ".join(str(p) for p in self.problems))
 
 
 def _is_cidr(value: celtypes.Value) -> celtypes.BoolType:

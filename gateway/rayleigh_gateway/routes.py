@@ -11,10 +11,13 @@ from __future__ import annotations
 import ipaddress
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rayleigh_api import ModelDeployment, RateLimits
+from rayleigh_api.errors import FieldErrors
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGORITHMS = frozenset(
@@ -91,16 +94,6 @@ class JWTConfig(_Model):
 class AuthConfig(_Model):
     api_keys: bool = Field(default=True, alias="apiKeys", description="Accept keys from the key store.")
     jwt: JWTConfig | None = None
-
-
-class RateLimits(_Model):
-    """Token buckets in Redis. Each limit is per minute with a burst of one minute's budget."""
-
-    requests_per_minute: int | None = Field(default=None, alias="requestsPerMinute", gt=0)
-    tokens_per_minute: int | None = Field(default=None, alias="tokensPerMinute", gt=0)
-    model_requests_per_minute: int | None = Field(default=None, alias="modelRequestsPerMinute", gt=0)
-    model_tokens_per_minute: int | None = Field(default=None, alias="modelTokensPerMinute", gt=0)
-    fail_mode: Literal["open", "closed"] = Field(default="closed", alias="failMode")
 
 
 class Route(_Model):
@@ -242,3 +235,52 @@ def load_config(path: str | Path) -> GatewayConfig:
         else:
             merged["routes"].append(data)
     return parse_config(merged, str(p))
+
+
+class RouteError(FieldErrors):
+    """A ModelDeployment whose gateway section the gateway cannot serve."""
+
+
+def route_for(md: ModelDeployment, backend: str) -> Route:
+    """The gateway's route for a ModelDeployment: the one place a spec becomes a route.
+
+    The operator writes it into the routes ConfigMap and local mode (`rayleigh up`) into a file; both
+    call this, so `auth`, CIDRs and limits mean the same in a cluster and on a laptop.
+    """
+    gw = md.spec.gateway
+    route: dict[str, Any] = {
+        "name": md.name or md.served_model_name(),
+        "namespace": md.namespace,
+        "backend": backend,
+        "models": md.served_models(),
+        "public": gw.public,
+        "allowedCIDRs": list(gw.allowed_cidrs),
+    }
+    if gw.auth is not None:
+        auth: dict[str, Any] = {"apiKeys": gw.auth.api_keys}
+        jwt = gw.auth.jwt
+        if jwt is not None:
+            if jwt.jwks_url is None:
+                raise RouteError(
+                    [
+                        (
+                            "spec.gateway.auth.jwt",
+                            "the gateway reads JWT keys only from jwksUrl for now: publicKeySecretRef and "
+                            "hmacSecretRef would have to be copied into the route ConfigMap, which is "
+                            "readable by more people than the Secret; use jwksUrl",
+                        )
+                    ]
+                )
+            auth["jwt"] = {
+                "issuer": jwt.issuer,
+                "audience": jwt.audience,
+                "jwksUrl": jwt.jwks_url,
+                "algorithms": list(jwt.algorithms),
+            }
+        route["auth"] = auth
+    if gw.rate_limits is not None:
+        route["rateLimits"] = gw.rate_limits.model_dump(by_alias=True, exclude_none=True)
+    try:
+        return Route.model_validate(route)
+    except ValueError as exc:
+        raise RouteError([("spec.gateway", f"the gateway rejects this route: {exc}")]) from None

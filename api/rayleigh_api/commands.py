@@ -8,10 +8,10 @@ from pathlib import Path
 
 import click
 
-from rayleigh_operator import crd as crd_module
-from rayleigh_operator import planner
-from rayleigh_operator.api import load_model_deployment, load_yaml_documents
-from rayleigh_operator.validation import SpecError, problems
+from rayleigh_api import crd as crd_module
+from rayleigh_api import planner
+from rayleigh_api.loading import load_model_deployment, load_yaml_documents
+from rayleigh_api.validation import SpecError, problems
 
 
 @click.command()
@@ -128,7 +128,7 @@ def plan(file: str, gpu_memory: str, config_path: Path | None, as_json: bool) ->
 @click.argument("field", default="spec")
 def explain_command(field: str) -> None:
     """Describe a ModelDeployment field, like `kubectl explain` (e.g. `spec.model.quantization`)."""
-    from rayleigh_operator import reference
+    from rayleigh_api import reference
 
     try:
         click.echo(reference.explain(field))

@@ -1,0 +1,101 @@
+"""The ground floor of the ModelDeployment API: names, field patterns, CEL rules, the model base.
+
+The CRD's OpenAPI schema, its CEL rules, `kubectl explain` text, the docs' field reference and
+`rayleigh validate` are all generated from these models, so field descriptions are written for
+the people who read them there. Cross-field rules are CEL expressions attached to the model they
+constrain (`RULES`); the API server enforces them from the CRD and `rayleigh validate` evaluates
+the very same expressions offline, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.alias_generators import to_camel
+
+GROUP = "serving.rayleigh.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+SINGULAR = "modeldeployment"
+SHORT_NAMES = ["md"]
+CATEGORIES = ["rayleigh"]
+
+# A model or adapter source: a Hugging Face repo, a path on a PersistentVolumeClaim, an S3 prefix,
+# or (local mode only) a directory on this machine.
+SOURCE_PATTERN = r"^(hf://[A-Za-z0-9][\w.\-]*/[\w.\-]+|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file://.+)$"
+# LoRA adapters are loaded from a path on the replica: a mounted PersistentVolumeClaim, or (local
+# mode) a local directory. Downloading adapters from the Hub or S3 is not supported yet.
+ADAPTER_SOURCE_PATTERN = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|file://.+)$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# Served model names follow OpenAI's loose conventions: "Qwen/Qwen2.5-7B-Instruct", "tiny-qwen:lora".
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/\-]{0,127}$"
+CIDR_PATTERN = (
+    r"^(([0-9]{1,3}\.){3}[0-9]{1,3}/([0-9]|[12][0-9]|3[0-2])"
+    r"|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*/([0-9]|[1-9][0-9]|1[01][0-9]|12[0-8]))$"
+)
+QUANTITY_PATTERN = r"^([0-9]+(\.[0-9]+)?)(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
+
+# vLLM flags that Rayleigh sets itself (from first-class fields or wiring) and that extraArgs must
+# therefore not override: a second value would silently fight the operator's.
+DENIED_EXTRA_ARGS = [
+    "model",
+    "served-model-name",
+    "host",
+    "port",
+    "tensor-parallel-size",
+    "pipeline-parallel-size",
+    "gpu-memory-utilization",
+    "quantization",
+    "dtype",
+    "max-model-len",
+    "kv-cache-dtype",
+    "enable-lora",
+    "lora-modules",
+    "api-key",
+    "ssl-keyfile",
+    "ssl-certfile",
+    "trust-remote-code",
+    "download-dir",
+    "chat-template",
+]
+DENY_REGEX = "^--?(" + "|".join(DENIED_EXTRA_ARGS) + ")(=.*)?$"
+ExtraArg = Annotated[
+    str, StringConstraints(min_length=2, max_length=512, pattern=r"^--?[A-Za-z0-9][A-Za-z0-9_\-]*(=.*)?$")
+]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A CEL rule on the object it is attached to (`self`), as in `x-kubernetes-validations`."""
+
+    rule: str
+    message: str
+    field_path: str | None = None
+    reason: str | None = None
+
+    def to_crd(self) -> dict[str, str]:
+        out = {"rule": self.rule, "message": self.message}
+        if self.field_path:
+            out["fieldPath"] = self.field_path
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+class ApiModel(BaseModel):
+    """Base for every API object: camelCase keys on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=False,
+    )
+    RULES: ClassVar[list[Rule]] = []
+

@@ -1,0 +1,149 @@
+"""spec.autoscaling, spec.resources, spec.rollout, spec.image and spec.serving: where and how replicas run."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import ConfigDict, Field
+
+from rayleigh_api.base import ApiModel, QUANTITY_PATTERN, Rule
+
+
+class Autoscaling(ApiModel):
+    """Horizontal autoscaling of replicas by a serving signal (an HPA on the scale subresource)."""
+
+    RULES: ClassVar[list[Rule]] = [
+        Rule(
+            "self.minReplicas <= self.maxReplicas",
+            "minReplicas must be less than or equal to maxReplicas",
+            field_path=".minReplicas",
+        ),
+        Rule(
+            "self.metric != 'kvCacheUsage' || !has(self.target) || (self.target > 0.0 && self.target <= 1.0)",
+            "for metric kvCacheUsage, target is a fraction of the KV cache between 0 and 1 (e.g. 0.8)",
+            field_path=".target",
+        ),
+    ]
+
+    min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest replicas the autoscaler keeps.")
+    max_replicas: int = Field(ge=1, le=1000, description="Most replicas the autoscaler may create.")
+    metric: Literal["queueDepth", "inFlightRequests", "kvCacheUsage"] = Field(
+        default="queueDepth",
+        description="Signal to scale on, averaged per replica: 'queueDepth' (requests waiting in vLLM's "
+        "queue; the default, because GPU utilisation saturates with one request), 'inFlightRequests' "
+        "(running + waiting), or 'kvCacheUsage' (fraction of KV cache in use).",
+    )
+    target: float | None = Field(
+        default=None,
+        gt=0,
+        le=100000,
+        description="Target value of the metric per replica. Defaults: queueDepth 2, inFlightRequests 16, "
+        "kvCacheUsage 0.8.",
+    )
+    scale_up_stabilization_seconds: int = Field(
+        default=0, ge=0, le=3600, description="How long a higher recommendation must hold before scaling up."
+    )
+    scale_down_stabilization_seconds: int = Field(
+        default=300,
+        ge=0,
+        le=3600,
+        description="How long a lower recommendation must hold before scaling down (model loads are slow: "
+        "keep this generous).",
+    )
+
+
+class Toleration(ApiModel):
+    key: str | None = Field(default=None, description="Taint key the toleration applies to.")
+    operator: Literal["Exists", "Equal"] = Field(default="Equal", description="'Exists' or 'Equal'.")
+    value: str | None = Field(default=None, description="Taint value to match with 'Equal'.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty matches all."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, description="For NoExecute: how long the pod stays bound after the taint appears."
+    )
+
+
+class Resources(ApiModel):
+    """What one replica asks the scheduler for."""
+
+    gpus: int = Field(
+        default=1,
+        ge=0,
+        le=16,
+        description="GPUs per replica; must equal tensorParallelSize x pipelineParallelSize. "
+        "0 runs on CPU (local mode, tests).",
+    )
+    gpu_resource_name: str = Field(
+        default="nvidia.com/gpu",
+        pattern=r"^[a-z0-9.\-]+/[a-z0-9.\-]+$",
+        description="Extended resource name of the GPU (e.g. nvidia.com/gpu, amd.com/gpu, or a MIG profile "
+        "like nvidia.com/mig-3g.40gb).",
+    )
+    cpu: str | None = Field(default=None, pattern=QUANTITY_PATTERN, description="CPU request, e.g. '8'.")
+    memory: str | None = Field(
+        default=None, pattern=QUANTITY_PATTERN, description="Memory request and limit, e.g. '32Gi'."
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels a replica's pod must match (e.g. GPU product)."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=32, description="Tolerations for tainted GPU nodes."
+    )
+    affinity: dict[str, Any] | None = Field(
+        default=None, description="Pod affinity rules, as in a Pod spec's `affinity`."
+    )
+    priority_class_name: str | None = Field(
+        default=None, max_length=253, description="PriorityClass for replica pods on shared GPU clusters."
+    )
+
+
+
+class Rollout(ApiModel):
+    RULES: ClassVar[list[Rule]] = [
+        Rule(
+            "!(string(self.maxUnavailable) in ['0', '0%'] && string(self.maxSurge) in ['0', '0%'])",
+            "maxUnavailable and maxSurge cannot both be 0: a rollout could never make progress",
+            field_path=".maxSurge",
+        )
+    ]
+
+    max_unavailable: int | str = Field(
+        default=0,
+        description="Replicas (or a percentage) that may be down during a rollout. 0 keeps full capacity.",
+        json_schema_extra={"x-kubernetes-int-or-string": True},
+    )
+    max_surge: int | str = Field(
+        default=1,
+        description="Extra replicas (or a percentage) created during a rollout; each needs its own GPUs.",
+        json_schema_extra={"x-kubernetes-int-or-string": True},
+    )
+
+
+class ImageSpec(ApiModel):
+    name: str | None = Field(
+        default=None,
+        max_length=512,
+        description="Override the Ray + vLLM replica image (default: the chart's image for this version).",
+    )
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        default="IfNotPresent", description="Image pull policy."
+    )
+    pull_secrets: list[str] = Field(default_factory=list, max_length=16, description="Names of image pull Secrets.")
+
+
+class ServingSpec(ApiModel):
+    """Ray Serve level knobs; changing them updates the Serve config in place, with no pod restart."""
+
+    stream_batching_interval_ms: float | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="How long Ray Serve gathers streamed chunks before sending them (trades first-token "
+        "latency for throughput). Default: Rayleigh's measured setting.",
+    )
+    max_ongoing_requests: int | None = Field(
+        default=None, ge=1, le=100000, description="Requests one replica accepts at once before queueing."
+    )
+
+
