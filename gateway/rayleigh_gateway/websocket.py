@@ -3,24 +3,25 @@
 Browsers cannot set headers on a WebSocket, so the credentials may come in the first message's
 `api_key` field (or the usual headers). Each text message is a chat completion request; the
 gateway runs it through exactly the same HTTP path (allow-list, auth, rate limits, metrics,
-audit) as a streaming request and sends each SSE event's JSON as one message, then
+audit) as a streaming request, through `Gateway.proxy` (passed in as `proxy`, so this module
+does not import app.py), and sends each SSE event's JSON as one message, then
 `{"type": "done"}`. Errors come as `{"type": "error", "status": N, "error": {...}}`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-if TYPE_CHECKING:
-    from .app import Gateway, Message, Receive, Scope, Send
+from .asgi import Handler, Message, Receive, Scope, Send
 
 WS_PATH = "/v1/ws/chat"
 MAX_MESSAGE = 1 << 20
 
 
-async def handle_websocket(gateway: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
+async def handle_websocket(proxy: Handler, scope: Scope, receive: Receive, send: Send) -> None:
+    """Serve one WebSocket connection; each chat message goes through `proxy` (`Gateway.proxy`)."""
     message = await receive()
     if message["type"] != "websocket.connect":
         return
@@ -61,7 +62,7 @@ async def handle_websocket(gateway: Gateway, scope: Scope, receive: Receive, sen
             "client": scope.get("client"),
             "query_string": b"",
         }
-        await gateway._proxy(http_scope, _body_receiver(body, receive), _Relay(send), "/v1/chat/completions")
+        await proxy(http_scope, _body_receiver(body, receive), _Relay(send))
 
 
 def _body_receiver(body: bytes, ws_receive: Receive) -> Receive:

@@ -26,8 +26,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from rayleigh_gateway.app import Gateway, Settings
 from bench.devupstream import make_app
+from rayleigh_gateway.app import Gateway, Settings
 from rayleigh_gateway.keys import KeyStore, save_keys
 from tests.plugins.common import REPO_ROOT, free_port
 
@@ -149,7 +149,10 @@ class GatewayProcess:
         if redis_url:
             args += ["--redis-url", redis_url]
         self.log = log.open("wb")
-        env = {**os.environ, "PYTHONPATH": ":".join(str(REPO_ROOT / d) for d in (".", "api", "gateway", "serving", "operator"))}
+        env = {
+            **os.environ,
+            "PYTHONPATH": ":".join(str(REPO_ROOT / d) for d in (".", "api", "gateway", "serving", "operator")),
+        }
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
