@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
@@ -40,6 +39,10 @@ import aiohttp
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script: tests.plugins.kube lives in the checkout
+
+from tests.plugins.kube import start_emulator, stop_process  # noqa: E402
+
 CRD = REPO / "manifests" / "crds" / "serving.rayleigh.dev_modeldeployments.yaml"
 MD_PATH = "/apis/serving.rayleigh.dev/v1alpha1/namespaces/default/modeldeployments"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -76,17 +79,6 @@ def proc_rss_mb(pid: int) -> float:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE / 1e6
 
 
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-
 def md_doc(i: int) -> dict[str, Any]:
     doc: dict[str, Any] = yaml.safe_load((REPO / "manifests" / "examples" / "tiny.yaml").read_text())
     doc["metadata"] = {"name": f"bench-{i:04d}", "namespace": "default"}
@@ -111,29 +103,9 @@ async def create_all(session: aiohttp.ClientSession, url: str, n: int) -> None:
 
 
 async def measure(controller: str, n: int, workdir: Path) -> Round:
-    ready = workdir / f"url-{controller}-{n}-{time.monotonic_ns()}"
-    emu = subprocess.Popen(
-        [*taskset(0), sys.executable, "-m", "tests.kube_emulator", "--ready-file", str(ready), "--crd", str(CRD)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    emu, url, kubeconfig = start_emulator(workdir, crds=[CRD], prefix=taskset(0))
     ctl: subprocess.Popen[bytes] | None = None
     try:
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            if time.monotonic() > deadline or emu.poll() is not None:
-                raise RuntimeError("emulator did not start")
-            await asyncio.sleep(0.05)
-        url = ready.read_text().strip()
-        kubeconfig = workdir / "kubeconfig"
-        kubeconfig.write_text(
-            "apiVersion: v1\nkind: Config\n"
-            f"clusters: [{{name: e, cluster: {{server: '{url}'}}}}]\n"
-            "users: [{name: u, user: {}}]\ncontexts: [{name: e, context: {cluster: e, user: u}}]\n"
-            "current-context: e\n"
-        )
         if controller == "rayleigh":
             cmd = [
                 str(Path(sys.executable).parent / "rayleigh"),
@@ -208,8 +180,8 @@ async def measure(controller: str, n: int, workdir: Path) -> Round:
             controller_requests = sum(1 for r in log if r["userAgent"] != "rayleigh-bench")
     finally:
         if ctl is not None:
-            stop(ctl, signal.SIGKILL)  # measured already; a graceful kopf shutdown only costs time
-        stop(emu)
+            stop_process(ctl, signal.SIGKILL)  # measured already; a graceful kopf shutdown only costs time
+        stop_process(emu)
     md_created = {c["name"]: c["created"] for c in created if c["plural"] == "modeldeployments"}
     last_child: dict[str, float] = {}
     for c in created:

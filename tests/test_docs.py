@@ -19,3 +19,16 @@ def test_metrics_page_lists_every_component() -> None:
     text = (REPO_ROOT / "docs" / "METRICS.md").read_text()
     for marker in ("rayleigh_gateway_", "rayleigh_operator_", "ray_vllm_num_requests_waiting", "ray_serve_"):
         assert marker in text
+
+
+def test_every_file_the_architecture_page_names_exists() -> None:
+    """docs/ARCHITECTURE.md's "to change X, open Y" table must point at files that are there."""
+    import re
+
+    text = (REPO_ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    named = set(
+        re.findall(r"`((?:api|gateway|serving|operator|charts|tests|bench|dashboards|scripts|docs)/[\w./-]+)`", text)
+    )
+    assert len(named) > 20
+    missing = sorted(p for p in named if not (REPO_ROOT / p).exists())
+    assert not missing, f"docs/ARCHITECTURE.md names files that do not exist: {missing}"

@@ -1,20 +1,14 @@
-"""The ground floor of the ModelDeployment API: names, field patterns, CEL rules, the model base.
+"""The ground floor of the ModelDeployment API: names, field patterns, the CEL `Rule` and the model base.
 
-The CRD's OpenAPI schema, its CEL rules, `kubectl explain` text, the docs' field reference and
-`rayleigh validate` are all generated from these models, so field descriptions are written for
-the people who read them there. Cross-field rules are CEL expressions attached to the model they
-constrain (`RULES`); the API server enforces them from the CRD and `rayleigh validate` evaluates
-the very same expressions offline, so the two can never disagree.
-"""
+Every spec section (model_spec, workload, gateway_spec, status, resource) builds on `ApiModel` and
+attaches its cross-field rules as `RULES`; see the package docstring for how they are used."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, ClassVar
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, StringConstraints
 from pydantic.alias_generators import to_camel
 
 GROUP = "serving.rayleigh.dev"
@@ -98,4 +92,3 @@ class ApiModel(BaseModel):
         frozen=False,
     )
     RULES: ClassVar[list[Rule]] = []
-

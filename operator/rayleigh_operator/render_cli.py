@@ -1,4 +1,8 @@
-"""`rayleigh render -f md.yaml`: print the objects the operator would apply, offline."""
+"""`rayleigh render -f md.yaml`: print the objects the operator would apply, offline.
+
+It takes the operator's render flags (`rayleigh_operator.flags`), so the same flags give the
+same objects here and in the cluster.
+"""
 
 from __future__ import annotations
 
@@ -10,41 +14,30 @@ from typing import Any
 import click
 import yaml
 
+from rayleigh_operator.flags import options_from_flags, render_flags
+
 
 @click.command("render")
 @click.option("-f", "--filename", required=True, help="ModelDeployment YAML file ('-' reads standard input).")
 @click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
-@click.option("--image", default=None, help="Ray + vLLM replica image (default: this release's image).")
 @click.option("--route-prefix", default="/", show_default=True, help="Serve route prefix of the application.")
 @click.option("--monitoring/--no-monitoring", default=False, show_default=True, help="Also render a PodMonitor.")
-@click.option("--gateway-namespace", default="rayleigh-system", show_default=True)
-@click.option("--operator-namespace", default="rayleigh-system", show_default=True)
-@click.option("--gcs-redis-address", default=None, help="host:port of a Redis for Ray GCS fault tolerance.")
+@render_flags
 @click.option(
     "--serve-config/--no-serve-config",
     default=False,
     show_default=True,
     help="Print the Ray Serve config the operator PUTs to the dashboard instead of the Kubernetes objects.",
 )
-def render(
-    filename: str,
-    output: str,
-    image: str | None,
-    route_prefix: str,
-    monitoring: bool,
-    gateway_namespace: str,
-    operator_namespace: str,
-    gcs_redis_address: str | None,
-    serve_config: bool,
-) -> None:
+def render(filename: str, output: str, route_prefix: str, monitoring: bool, serve_config: bool, **flags: Any) -> None:
     """Print the Kubernetes objects the operator creates for a ModelDeployment.
 
     Works offline (no cluster). Objects get ownerReferences only when the input has
     metadata.uid, as it has once it exists in a cluster.
     """
-    from rayleigh_operator import render as r
     from rayleigh_api.loading import load_model_deployment
     from rayleigh_api.validation import SpecError
+    from rayleigh_operator import render as r
 
     try:
         md = load_model_deployment(filename)
@@ -54,15 +47,7 @@ def render(
         sys.exit(1)
     except OSError as exc:
         raise click.FileError(filename, hint=str(exc.strerror)) from None
-    options = r.RenderOptions(
-        route_prefix=route_prefix,
-        monitoring=monitoring,
-        gateway_namespace=gateway_namespace,
-        operator_namespace=operator_namespace,
-        gcs_redis_address=gcs_redis_address,
-    )
-    if image:
-        options = dataclasses.replace(options, image=image)
+    options = dataclasses.replace(options_from_flags(**flags), route_prefix=route_prefix, monitoring=monitoring)
     try:
         if serve_config:
             from rayleigh_serving.config import ServeConfigError, build_serve_config

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+from rayleigh_operator.flags import FLAG_NAMES, options_from_flags, render_flags
+
+if TYPE_CHECKING:
+    from rayleigh_operator.state import OperatorConfig
 
 
 @click.command("operator")
 @click.option("--kubeconfig", default=None, help="Kubeconfig file (default: in-cluster, then $KUBECONFIG).")
 @click.option("--context", default=None, help="Kubeconfig context.")
 @click.option("-n", "--namespace", "namespaces", multiple=True, help="Namespace to watch (repeatable); default: all.")
-@click.option("--image", default=None, help="Ray + vLLM replica image for ModelDeployments without image.name.")
 @click.option(
     "--dashboard-url",
     default="http://{name}-head.{namespace}.svc:8265",
@@ -71,84 +74,55 @@ import click
     show_default=True,
     help="Render PodMonitors: auto when monitoring.coreos.com/v1 is served.",
 )
-@click.option("--gateway-namespace", default="rayleigh-system", show_default=True)
-@click.option("--operator-namespace", default="rayleigh-system", show_default=True)
 @click.option(
     "--routes-configmap",
     default="rayleigh-gateway-routes",
     show_default=True,
     help="ConfigMap in the gateway namespace gathering every model's route (the gateway mounts it); '' disables.",
 )
-@click.option("--gcs-redis-address", default=None, help="host:port of Redis for Ray GCS fault tolerance.")
-@click.option("--gcs-redis-password-secret", default=None, help="Secret (key 'password') for that Redis.")
 @click.option("--metrics-port", type=int, default=8080, show_default=True, help="Prometheus port; 0: off.")
 @click.option("--liveness", default=None, help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING"]), default="INFO", show_default=True)
-def operator(
-    kubeconfig: str | None,
-    context: str | None,
-    namespaces: tuple[str, ...],
-    image: str | None,
-    dashboard_url: str,
-    endpoint: str,
-    app_name: str,
-    route_prefix: str,
-    external_ray: bool,
-    local_base: Path | None,
-    poll_seconds: float,
-    resync_seconds: float,
-    gpu_check: bool,
-    metric_check: bool,
-    monitoring: str,
-    gateway_namespace: str,
-    operator_namespace: str,
-    routes_configmap: str,
-    gcs_redis_address: str | None,
-    gcs_redis_password_secret: str | None,
-    metrics_port: int,
-    liveness: str | None,
-    log_level: str,
-) -> None:
+@render_flags
+def operator(**params: Any) -> None:
     """Run the Rayleigh operator: ModelDeployments -> Ray clusters, Serve apps, routes."""
-    from rayleigh_operator.reconciler import OperatorConfig
-    from rayleigh_operator.render import RenderOptions
-
-    options = RenderOptions(
-        gateway_namespace=gateway_namespace,
-        operator_namespace=operator_namespace,
-        gcs_redis_address=gcs_redis_address,
-        gcs_redis_password_secret=gcs_redis_password_secret,
-    )
-    if image:
-        options = dataclasses.replace(options, image=image)
-    config = OperatorConfig(
-        render=options,
-        dashboard_url=dashboard_url,
-        endpoint=endpoint,
-        app_name=app_name,
-        route_prefix=route_prefix,
-        external_ray=external_ray,
-        local_base=local_base.resolve() if local_base else None,
-        poll_seconds=poll_seconds,
-        resync_seconds=resync_seconds,
-        gpu_check=gpu_check,
-        metric_check=metric_check,
-        monitoring=monitoring,
-        namespaces=namespaces,
-        routes_configmap=routes_configmap or None,
-    )
+    config = config_from_params(params)
+    log_level = params["log_level"]
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # kopf's per-object INFO lines cost CPU at scale; its warnings and errors still show.
     logging.getLogger("kopf").setLevel(logging.WARNING if log_level != "DEBUG" else logging.DEBUG)
     asyncio.run(
         run_operator(
             config,
-            kubeconfig=kubeconfig,
-            context=context,
-            namespaces=namespaces,
-            metrics_port=metrics_port,
-            liveness=liveness,
+            kubeconfig=params["kubeconfig"],
+            context=params["context"],
+            namespaces=config.namespaces,
+            metrics_port=params["metrics_port"],
+            liveness=params["liveness"],
         )
+    )
+
+
+def config_from_params(params: dict[str, Any]) -> OperatorConfig:
+    """The OperatorConfig of `rayleigh operator`'s parsed flags (click's `params`)."""
+    from rayleigh_operator.state import OperatorConfig  # here: `rayleigh --help` stays cheap
+
+    local_base: Path | None = params["local_base"]
+    return OperatorConfig(
+        render=options_from_flags(**{k: params[k] for k in FLAG_NAMES}),
+        dashboard_url=params["dashboard_url"],
+        endpoint=params["endpoint"],
+        app_name=params["app_name"],
+        route_prefix=params["route_prefix"],
+        external_ray=params["external_ray"],
+        local_base=local_base.resolve() if local_base else None,
+        poll_seconds=params["poll_seconds"],
+        resync_seconds=params["resync_seconds"],
+        gpu_check=params["gpu_check"],
+        metric_check=params["metric_check"],
+        monitoring=params["monitoring"],
+        namespaces=tuple(params["namespaces"]),
+        routes_configmap=params["routes_configmap"] or None,
     )
 
 
@@ -174,7 +148,7 @@ def tune_gc() -> None:
 
 
 async def run_operator(
-    config: Any,
+    config: OperatorConfig,
     *,
     kubeconfig: str | None = None,
     context: str | None = None,

@@ -16,6 +16,8 @@ from typing import Any
 
 import aiohttp
 
+from rayleigh_operator.subset import subset
+
 APPLICATIONS_PATH = "/api/serve/applications/"
 
 
@@ -70,21 +72,11 @@ def route_conflict(details: dict[str, Any], app_name: str, route_prefix: str) ->
     return None
 
 
-def _subset(want: Any, have: Any) -> bool:
-    if isinstance(want, dict):
-        return isinstance(have, dict) and all(k in have and _subset(v, have[k]) for k, v in want.items())
-    if isinstance(want, list):
-        return isinstance(have, list) and len(want) == len(have) and all(map(_subset, want, have))
-    if isinstance(want, float | int) and isinstance(have, float | int) and not isinstance(want, bool):
-        return float(want) == float(have)
-    return bool(want == have)
-
-
 def needs_push(desired_app: dict[str, Any], state: AppState) -> bool:
     """Whether Serve runs something other than `desired_app` (or nothing)."""
     if state.status == "MISSING" or state.deployed_config is None:
         return True
-    return not _subset(desired_app, state.deployed_config)
+    return not subset(desired_app, state.deployed_config)
 
 
 def declarative_apps(details: dict[str, Any], *, except_name: str | None = None) -> list[dict[str, Any]]:

@@ -1,7 +1,9 @@
 """Pure status computation: observed children + Serve state -> ModelDeployment status.
 
 Nothing here reads a clock or the network: the operator passes what it observed and `now`, and
-gets back the status to write and the transitions to report as Events. Phases:
+gets back the status to write (the typed `api.ModelDeploymentStatus`, as the API's JSON) and the
+transitions to report as Events. Phases, condition types and reasons are rayleigh_api's
+(`api.Phase`, `api.ConditionType`, `api.Reason`). Phases:
 
   Pending    the Ray head is not ready yet (nothing can be deployed)
   Deploying  the Serve application is being deployed / the model is loading / workers starting
@@ -18,24 +20,15 @@ AutoscalingMetricMissing when spec.autoscaling names a metric the custom metrics
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
-# Reasons (stable: documented in docs/OPERATOR.md, used by alerts and tests).
-INVALID_SPEC = "InvalidSpec"
-INSUFFICIENT_GPU = "InsufficientGPU"
-RAY_HEAD_NOT_READY = "RayHeadNotReady"
-SERVE_DEPLOY_FAILED = "ServeDeployFailed"
-SERVE_UNHEALTHY = "ServeUnhealthy"
-MODEL_LOADING = "ModelLoading"
-WORKERS_NOT_READY = "WorkersNotReady"
-SCALING = "Scaling"
-REPLICAS_UNAVAILABLE = "ReplicasUnavailable"
-ALL_REPLICAS_READY = "AllReplicasReady"
-METRIC_MISSING = "AutoscalingMetricMissing"
-METRIC_AVAILABLE = "MetricAvailable"
+import rayleigh_api as api
+from rayleigh_api import ConditionType, Phase, Reason
 
-FAILED_REASONS = {INVALID_SPEC, INSUFFICIENT_GPU}
+# A condition's (status, reason, message). Reasons are `api.Reason` values, except the ones the
+# custom metrics check names for AutoscalingMetricMissing (rayleigh_operator.preflight).
+Value = tuple[Literal["True", "False"], str, str]
 
 
 @dataclass(frozen=True)
@@ -47,7 +40,8 @@ class Observed:
     selector: str
     served_models: list[str]
     endpoint: str
-    # A spec problem found before creating anything: (reason, message).
+    # A spec problem found before creating anything: (reason, message), the reason one of
+    # api.FAILED_REASONS.
     spec_problem: tuple[str, str] | None = None
     head_ready: bool = False
     head_message: str = "the Ray head pod is not ready"
@@ -66,20 +60,19 @@ class Observed:
 
 @dataclass
 class Decision:
-    phase: str
-    ready: tuple[str, str, str]  # status, reason, message
-    progressing: tuple[str, str, str]
-    degraded: tuple[str, str, str]
+    phase: Phase
+    ready: Value
+    progressing: Value
+    degraded: Value
     ready_replicas: int
-    extra: list[dict[str, Any]] = field(default_factory=list)
 
 
 def decide(obs: Observed, previous_phase: str | None) -> Decision:
-    served_before = previous_phase in ("Ready", "Degraded")
+    served_before = previous_phase in (Phase.READY, Phase.DEGRADED)
     if obs.spec_problem is not None:
         reason, message = obs.spec_problem
         return Decision(
-            "Failed",
+            Phase.FAILED,
             ("False", reason, message),
             ("False", reason, "not retried until the spec changes"),
             ("True", reason, message),
@@ -89,39 +82,39 @@ def decide(obs: Observed, previous_phase: str | None) -> Decision:
         msg = obs.head_message
         if served_before:
             return Decision(
-                "Degraded",
-                ("False", RAY_HEAD_NOT_READY, msg),
-                ("True", RAY_HEAD_NOT_READY, msg),
-                ("True", RAY_HEAD_NOT_READY, msg),
+                Phase.DEGRADED,
+                ("False", Reason.RAY_HEAD_NOT_READY, msg),
+                ("True", Reason.RAY_HEAD_NOT_READY, msg),
+                ("True", Reason.RAY_HEAD_NOT_READY, msg),
                 0,
             )
         return Decision(
-            "Pending",
-            ("False", RAY_HEAD_NOT_READY, msg),
-            ("True", RAY_HEAD_NOT_READY, msg),
-            ("False", RAY_HEAD_NOT_READY, ""),
+            Phase.PENDING,
+            ("False", Reason.RAY_HEAD_NOT_READY, msg),
+            ("True", Reason.RAY_HEAD_NOT_READY, msg),
+            ("False", Reason.RAY_HEAD_NOT_READY, ""),
             0,
         )
     live = obs.serve_status not in (None, "MISSING", "NOT_STARTED", "DELETING")
     serving = min(obs.workers_ready, obs.serve_running_replicas) if live else 0
     if obs.serve_push_error is not None or obs.serve_status == "DEPLOY_FAILED":
         message = obs.serve_push_error or obs.serve_message or "Serve failed to deploy the application"
-        phase = "Degraded" if serving > 0 else "Failed"
-        ready = ("True" if serving > 0 else "False", SERVE_DEPLOY_FAILED, message)
+        phase = Phase.DEGRADED if serving > 0 else Phase.FAILED
+        ready: Value = ("True" if serving > 0 else "False", Reason.SERVE_DEPLOY_FAILED, message)
         return Decision(
             phase,
             ready,
-            ("False", SERVE_DEPLOY_FAILED, "not retried until the spec changes"),
-            ("True", SERVE_DEPLOY_FAILED, message),
+            ("False", Reason.SERVE_DEPLOY_FAILED, "not retried until the spec changes"),
+            ("True", Reason.SERVE_DEPLOY_FAILED, message),
             serving,
         )
     if obs.serve_status == "UNHEALTHY":
         message = obs.serve_message or "Serve reports the application unhealthy"
         return Decision(
-            "Degraded",
-            ("True" if serving else "False", SERVE_UNHEALTHY, message),
-            ("False", SERVE_UNHEALTHY, message),
-            ("True", SERVE_UNHEALTHY, message),
+            Phase.DEGRADED,
+            ("True" if serving else "False", Reason.SERVE_UNHEALTHY, message),
+            ("False", Reason.SERVE_UNHEALTHY, message),
+            ("True", Reason.SERVE_UNHEALTHY, message),
             serving,
         )
     if obs.serve_status != "RUNNING":
@@ -131,17 +124,17 @@ def decide(obs: Observed, previous_phase: str | None) -> Decision:
         if serving > 0:
             # Updating in place (e.g. a Serve-level change): still serving.
             return Decision(
-                "Ready",
-                ("True", MODEL_LOADING, message),
-                ("True", MODEL_LOADING, message),
-                ("False", MODEL_LOADING, ""),
+                Phase.READY,
+                ("True", Reason.MODEL_LOADING, message),
+                ("True", Reason.MODEL_LOADING, message),
+                ("False", Reason.MODEL_LOADING, ""),
                 serving,
             )
         return Decision(
-            "Deploying",
-            ("False", MODEL_LOADING, message),
-            ("True", MODEL_LOADING, message),
-            ("False", MODEL_LOADING, ""),
+            Phase.DEPLOYING,
+            ("False", Reason.MODEL_LOADING, message),
+            ("True", Reason.MODEL_LOADING, message),
+            ("False", Reason.MODEL_LOADING, ""),
             0,
         )
     desired = obs.desired_replicas
@@ -151,17 +144,17 @@ def decide(obs: Observed, previous_phase: str | None) -> Decision:
         )
         if served_before:
             return Decision(
-                "Degraded",
-                ("False", REPLICAS_UNAVAILABLE, message),
-                ("True", WORKERS_NOT_READY, message),
-                ("True", REPLICAS_UNAVAILABLE, message),
+                Phase.DEGRADED,
+                ("False", Reason.REPLICAS_UNAVAILABLE, message),
+                ("True", Reason.WORKERS_NOT_READY, message),
+                ("True", Reason.REPLICAS_UNAVAILABLE, message),
                 0,
             )
         return Decision(
-            "Deploying",
-            ("False", WORKERS_NOT_READY, message),
-            ("True", WORKERS_NOT_READY, message),
-            ("False", WORKERS_NOT_READY, ""),
+            Phase.DEPLOYING,
+            ("False", Reason.WORKERS_NOT_READY, message),
+            ("True", Reason.WORKERS_NOT_READY, message),
+            ("False", Reason.WORKERS_NOT_READY, ""),
             0,
         )
     if serving < desired:
@@ -169,65 +162,77 @@ def decide(obs: Observed, previous_phase: str | None) -> Decision:
         scaling = obs.workers_replicas != desired or obs.serve_running_replicas < desired
         if scaling:
             return Decision(
-                "Ready", ("True", SCALING, message), ("True", SCALING, message), ("False", SCALING, ""), serving
+                Phase.READY,
+                ("True", Reason.SCALING, message),
+                ("True", Reason.SCALING, message),
+                ("False", Reason.SCALING, ""),
+                serving,
             )
         return Decision(
-            "Degraded",
-            ("True", REPLICAS_UNAVAILABLE, message),
-            ("False", REPLICAS_UNAVAILABLE, ""),
-            ("True", REPLICAS_UNAVAILABLE, message),
+            Phase.DEGRADED,
+            ("True", Reason.REPLICAS_UNAVAILABLE, message),
+            ("False", Reason.REPLICAS_UNAVAILABLE, ""),
+            ("True", Reason.REPLICAS_UNAVAILABLE, message),
             serving,
         )
     message = f"{serving}/{desired} replicas serving"
     return Decision(
-        "Ready",
-        ("True", ALL_REPLICAS_READY, message),
-        ("False", ALL_REPLICAS_READY, ""),
-        ("False", ALL_REPLICAS_READY, ""),
+        Phase.READY,
+        ("True", Reason.ALL_REPLICAS_READY, message),
+        ("False", Reason.ALL_REPLICAS_READY, ""),
+        ("False", Reason.ALL_REPLICAS_READY, ""),
         serving,
     )
 
 
 def _condition(
-    ctype: str, value: tuple[str, str, str], previous: dict[str, dict[str, Any]], now: str, generation: int
-) -> dict[str, Any]:
+    ctype: ConditionType, value: Value, previous: dict[str, dict[str, Any]], now: str, generation: int
+) -> api.Condition:
     status, reason, message = value
     old = previous.get(ctype)
     changed = old is None or old.get("status") != status
-    return {
-        "type": ctype,
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": now if changed else old.get("lastTransitionTime", now),  # type: ignore[union-attr]
-        "observedGeneration": generation,
-    }
+    return api.Condition(
+        type=ctype,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=now if changed or old is None else old.get("lastTransitionTime", now),
+        observed_generation=generation,
+    )
 
 
 def compute_status(obs: Observed, previous: dict[str, Any] | None, now: str) -> dict[str, Any]:
-    """The full status to write (a merge patch replaces conditions as a whole)."""
+    """The full status to write, as the API's JSON (a merge patch replaces conditions as a whole)."""
     previous = previous or {}
     prev_conditions = {c.get("type", ""): c for c in previous.get("conditions") or []}
     d = decide(obs, previous.get("phase"))
     conditions = [
-        _condition("Ready", d.ready, prev_conditions, now, obs.generation),
-        _condition("Progressing", d.progressing, prev_conditions, now, obs.generation),
-        _condition("Degraded", d.degraded, prev_conditions, now, obs.generation),
+        _condition(ConditionType.READY, d.ready, prev_conditions, now, obs.generation),
+        _condition(ConditionType.PROGRESSING, d.progressing, prev_conditions, now, obs.generation),
+        _condition(ConditionType.DEGRADED, d.degraded, prev_conditions, now, obs.generation),
     ]
     if obs.autoscaling:
-        value = ("True", *obs.metric_missing) if obs.metric_missing is not None else ("False", METRIC_AVAILABLE, "")
-        conditions.append(_condition(METRIC_MISSING, value, prev_conditions, now, obs.generation))
-    status: dict[str, Any] = {
-        "phase": d.phase,
-        "conditions": conditions,
-        "replicas": obs.workers_replicas,
-        "readyReplicas": d.ready_replicas,
-        "selector": obs.selector,
-        "servedModels": list(obs.served_models),
-        "observedGeneration": obs.generation,
-        "endpoint": obs.endpoint if d.ready_replicas > 0 else None,
-    }
-    return status
+        metric: Value = (
+            ("True", *obs.metric_missing) if obs.metric_missing is not None else ("False", Reason.METRIC_AVAILABLE, "")
+        )
+        conditions.append(
+            _condition(ConditionType.AUTOSCALING_METRIC_MISSING, metric, prev_conditions, now, obs.generation)
+        )
+    status = api.ModelDeploymentStatus(
+        phase=d.phase,
+        conditions=conditions,
+        replicas=obs.workers_replicas,
+        ready_replicas=d.ready_replicas,
+        selector=obs.selector,
+        served_models=list(obs.served_models),
+        observed_generation=obs.generation,
+        endpoint=obs.endpoint if d.ready_replicas > 0 else None,
+    )
+    out = status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    # A merge patch removes a field only when it is sent as null: a model that stops serving must
+    # lose its endpoint.
+    out.setdefault("endpoint", None)
+    return out
 
 
 @dataclass(frozen=True)
@@ -237,7 +242,7 @@ class Transition:
     message: str
 
 
-WARNING_PHASES = {"Failed", "Degraded"}
+WARNING_PHASES = {Phase.FAILED, Phase.DEGRADED}
 
 
 def transitions(previous: dict[str, Any] | None, current: dict[str, Any]) -> list[Transition]:
@@ -245,7 +250,7 @@ def transitions(previous: dict[str, Any] | None, current: dict[str, Any]) -> lis
     previous = previous or {}
     cur = {c["type"]: c for c in current.get("conditions", [])}
     if previous.get("phase") != current.get("phase"):
-        ready = cur.get("Ready", {})
+        ready = cur.get(ConditionType.READY, {})
         phase = current["phase"]
         reason = ready.get("reason") or phase
         message = f"phase {previous.get('phase') or 'None'} -> {phase}"
@@ -257,8 +262,8 @@ def transitions(previous: dict[str, Any] | None, current: dict[str, Any]) -> lis
     for ctype, c in cur.items():
         p = prev.get(ctype)
         if p is None or p.get("status") != c["status"] or p.get("reason") != c["reason"]:
-            bad = (ctype == "Ready" and c["status"] == "False") or (
-                ctype in ("Degraded", METRIC_MISSING) and c["status"] == "True"
+            bad = (ctype == ConditionType.READY and c["status"] == "False") or (
+                ctype in (ConditionType.DEGRADED, ConditionType.AUTOSCALING_METRIC_MISSING) and c["status"] == "True"
             )
             out.append(
                 Transition(

@@ -161,7 +161,15 @@ def _gateway_command() -> list[str] | None:
 )
 @click.option("--timeout", type=float, default=900, show_default=True, help="Seconds to wait for readiness.")
 @click.option("--exit-after-ready", is_flag=True, help="Stop as soon as the first answer came (for CI).")
-def up(path: Path, port: int, gateway: bool, num_cpus: int, timeout: float, exit_after_ready: bool) -> None:
+@click.option(
+    "--upstream",
+    metavar="URL",
+    help="An OpenAI-compatible server that already runs (e.g. vLLM's own) to put the gateway in front of, "
+    "with this ModelDeployment's gateway settings, instead of starting Ray and vLLM here.",
+)
+def up(
+    path: Path, port: int, gateway: bool, num_cpus: int, timeout: float, exit_after_ready: bool, upstream: str | None
+) -> None:
     """Serve a ModelDeployment on this machine: local Ray, the Serve app, the gateway."""
     from rayleigh_api.loading import load_model_deployment
     from rayleigh_api.validation import SpecError
@@ -175,18 +183,26 @@ def up(path: Path, port: int, gateway: bool, num_cpus: int, timeout: float, exit
         raise click.ClickException(
             f"{path} is not a valid ModelDeployment:\n  " + "\n  ".join(map(str, e.problems))
         ) from e
-    base = Path.cwd()
-    _prepare_local_models(md, base)
     gateway_cmd = _gateway_command() if gateway else None
-    serve_port = free_port() if gateway_cmd else port
-    try:
-        config = build_serve_config(md, local_base=base, http_host="127.0.0.1", http_port=serve_port)
-    except ServeConfigError as e:
-        raise click.ClickException(str(e)) from e
-    app = config["applications"][0]["name"]
+    if upstream is not None and gateway_cmd is None:
+        raise click.ClickException(
+            "--upstream needs the gateway in front (drop --no-gateway; install rayleigh[gateway])"
+        )
     state_dir = Path(os.environ.get("RAYLEIGH_STATE_DIR", Path.home() / ".cache" / "rayleigh")) / "up"
     state_dir.mkdir(parents=True, exist_ok=True)
-    ray = LocalRay(num_cpus=num_cpus, http_port=serve_port, log=state_dir / "ray.log")
+    ray: LocalRay | None = None
+    app = ""
+    config: dict[str, Any] = {}
+    if upstream is None:
+        base = Path.cwd()
+        _prepare_local_models(md, base)
+        serve_port = free_port() if gateway_cmd else port
+        try:
+            config = build_serve_config(md, local_base=base, http_host="127.0.0.1", http_port=serve_port)
+        except ServeConfigError as e:
+            raise click.ClickException(str(e)) from e
+        app = config["applications"][0]["name"]
+        ray = LocalRay(num_cpus=num_cpus, http_port=serve_port, log=state_dir / "ray.log")
     gw: Any = None
     stopping = False
 
@@ -198,7 +214,8 @@ def up(path: Path, port: int, gateway: bool, num_cpus: int, timeout: float, exit
         click.echo("\nstopping ...", err=True)
         if gw is not None:
             gw.stop()
-        ray.stop()
+        if ray is not None:
+            ray.stop()
         click.echo("stopped.", err=True)
 
     def _on_sigterm(*_: Any) -> None:
@@ -206,46 +223,54 @@ def up(path: Path, port: int, gateway: bool, num_cpus: int, timeout: float, exit
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, _on_sigterm)
+    model = md.served_model_name()
     try:
-        click.echo(f"starting Ray (logs: {ray.log}) ...", err=True)
-        ray.start()
-        ray.deploy(config)
-        progress = _Progress()
-        ray.wait_running(app, timeout=timeout, progress=progress)
-        progress.done()
-        model = md.served_model_name()
-        wait_for_answer(ray.base_url, model, timeout=120)
-        base_url, key = ray.base_url, None
+        if ray is not None:
+            click.echo(f"starting Ray (logs: {ray.log}) ...", err=True)
+            ray.start()
+            ray.deploy(config)
+            progress = _Progress()
+            ray.wait_running(app, timeout=timeout, progress=progress)
+            progress.done()
+            upstream = ray.base_url
+        assert upstream is not None
+        wait_for_answer(upstream, model, timeout=120)
+        base_url, key, how = upstream, None, "no gateway in front: no API key needed"
         if gateway_cmd:
             from rayleigh_serving.gateway_local import LocalGateway
 
-            gw = LocalGateway(gateway_cmd, md=md, upstream=ray.base_url, port=port, state_dir=state_dir)
+            gw = LocalGateway(gateway_cmd, md=md, upstream=upstream, port=port, state_dir=state_dir)
             gw.start()
-            base_url, key = gw.base_url, gw.api_key
-            wait_for_answer(base_url, model, timeout=60, api_key=key)
+            base_url, key, how = gw.base_url, gw.api_key, gw.how_to_call()
+            if key is not None or md.spec.gateway.public:
+                wait_for_answer(base_url, model, timeout=60, api_key=key)
         elapsed = time.monotonic() - start
-        _print_ready(base_url, model, md.served_models(), key, elapsed, ray)
+        _print_ready(base_url, model, md.served_models(), key, how, elapsed, ray)
         if exit_after_ready:
             return
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
-    except (RuntimeError, TimeoutError) as e:
-        raise click.ClickException(f"{e}\n(Ray's logs: {ray.log} and {ray.temp_dir}/session_latest/logs)") from e
+    except (RuntimeError, TimeoutError, OSError) as e:
+        logs = f"\n(Ray's logs: {ray.log} and {ray.temp_dir}/session_latest/logs)" if ray is not None else ""
+        raise click.ClickException(f"{e}{logs}") from e
     finally:
         _stop()
 
 
-def _print_ready(base_url: str, model: str, models: list[str], key: str | None, elapsed: float, ray: Any) -> None:
+def _print_ready(
+    base_url: str, model: str, models: list[str], key: str | None, how: str, elapsed: float, ray: Any
+) -> None:
     auth = f' -H "Authorization: Bearer {key}"' if key else ""
     api_key = key or "unused"
+    ray_line = f"Ray dashboard: {ray.dashboard_url}   metrics: {ray.metrics_url}" if ray is not None else ""
     click.echo(
         f"""
 Ready: first answer {elapsed:.1f} s after start.
   OpenAI endpoint: {base_url}/v1   models: {", ".join(models)}
-  {"API key (local, generated): " + key if key else "no gateway in front: no API key needed"}
-  Ray dashboard: {ray.dashboard_url}   metrics: {ray.metrics_url}
+  {how}
+  {ray_line}
 
 curl {base_url}/v1/chat/completions{auth} -H "Content-Type: application/json" \\
   -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}], "max_tokens": 32}}'

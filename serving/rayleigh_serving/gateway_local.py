@@ -36,16 +36,40 @@ class LocalGateway:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def accepts_api_keys(self) -> bool:
+        """The route takes keys from the key store unless `spec.gateway.auth.apiKeys` is false."""
+        auth = self.md.spec.gateway.auth
+        return auth is None or bool(auth.api_keys)
+
+    def how_to_call(self) -> str:
+        """One line for `rayleigh up` to print: what a caller must send, from the route's auth settings."""
+        if self.api_key is not None:
+            return f"API key (local, generated): {self.api_key}"
+        gw = self.md.spec.gateway
+        jwt = gw.auth.jwt if gw.auth is not None else None
+        if jwt is not None:
+            return (
+                f"API keys are off for this model: send a JWT from issuer {jwt.issuer} "
+                f"(audience {jwt.audience}) as the Bearer token"
+            )
+        if gw.public:
+            return "public model: no credentials needed"
+        return "API keys and JWT are both off and the model is not public: the gateway refuses every caller"
+
     def start(self, timeout: float = 60.0) -> None:
         from rayleigh_gateway.keys import load_or_new, save_keys
 
         config_path = self.state_dir / "gateway-routes.json"
-        config_path.write_text(json.dumps({"routes": [route_for(self.md, self.upstream).model_dump(mode="json", by_alias=True)]}, indent=2))
+        config_path.write_text(
+            json.dumps({"routes": [route_for(self.md, self.upstream).model_dump(mode="json", by_alias=True)]}, indent=2)
+        )
         keys_path = self.state_dir / "gateway-keys.json"
         store = load_or_new(str(keys_path))
-        key, _record = store.create("rayleigh-up", [], None, None, None)
+        if self.accepts_api_keys:
+            key, _record = store.create("rayleigh-up", [], None, None, None)
+            self.api_key = key
         save_keys(store, str(keys_path))
-        self.api_key = key
         cmd = [
             *self.command,
             "--config",

@@ -43,3 +43,25 @@ def test_api_commands_do_not_import_ray_or_vllm() -> None:
 def click_context() -> click.Context:
 
     return click.Context(main)
+
+
+def test_a_command_is_not_listed_when_its_extra_is_missing() -> None:
+    """The operator image has no uvicorn, redis or Ray: `rayleigh gateway` and `rayleigh up` must not show.
+
+    Runs a fresh interpreter in which importing those packages is impossible (a meta path finder that
+    refuses them), as in an image built without the `gateway` and `serving` extras."""
+    code = (
+        "import importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('uvicorn', 'redis', 'ray'):\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import click; from rayleigh_api.cli import main\n"
+        "print(' '.join(main.list_commands(click.Context(main))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    listed = out.stdout.split()
+    assert {"crd", "validate", "operator", "render"} <= set(listed)
+    assert not {"gateway", "keys", "up"} & set(listed)

@@ -19,10 +19,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from rayleigh_api.validation import validate_document
 from rayleigh_gateway.routes import GatewayConfig
 from rayleigh_operator import render as r
 from rayleigh_operator.render_cli import render as render_cmd
-from rayleigh_api.validation import validate_document
 from rayleigh_serving.config import HF_CACHE_DIR, PVC_MOUNT_ROOT, build_serve_config
 
 REPO = Path(__file__).resolve().parents[2]

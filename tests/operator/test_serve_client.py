@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from rayleigh_operator import reconciler, serve_client
+from rayleigh_operator import drift, reconciler, serve_client, state
 from tests.plugins.common import EXAMPLES_DIR
 
 OTHER = {"name": "tiny", "route_prefix": "/", "import_path": "x:y", "args": {}}
@@ -94,10 +94,10 @@ def test_drift_ignores_fields_the_api_server_adds() -> None:
         "metadata": {"name": "a", "labels": {"x": "1"}, "uid": "u"},
         "spec": {"ports": [{"port": 8000, "protocol": "TCP"}], "clusterIP": "10.0.0.1"},
     }
-    assert not reconciler.drifted(desired_obj, observed)
+    assert not drift.drifted(desired_obj, observed)
     observed["spec"]["ports"][0]["port"] = 9000
-    assert reconciler.drifted(desired_obj, observed)
-    assert reconciler.drifted(desired_obj, None)
+    assert drift.drifted(desired_obj, observed)
+    assert drift.drifted(desired_obj, None)
 
 
 class SlowDeclarativeHead(serve_client.ServeClient):
@@ -146,7 +146,7 @@ async def test_a_deleted_model_deployment_is_never_deployed_again_by_the_tracker
     head = SlowDeclarativeHead(OTHER)
     rec = shared_head_reconciler(head)
     entry = rec.entry_for(md_body("a"))
-    entry.md = reconciler.parse_spec(md_body("a"))
+    entry.md = state.parse_spec(md_body("a"))
     entry.head_ready = True
     await rec.remove_serve_app(md_body("a"))
     await rec.sync_serve(entry)

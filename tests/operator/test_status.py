@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import rayleigh_api as api
+from rayleigh_api import Reason
 from rayleigh_operator import status as s
 
 BASE = s.Observed(
@@ -23,7 +25,7 @@ def cond(st: dict, ctype: str) -> dict:  # type: ignore[type-arg]
 def test_head_not_ready_is_pending_with_reason() -> None:
     st = s.compute_status(BASE, None, NOW)
     assert st["phase"] == "Pending"
-    assert cond(st, "Ready")["reason"] == s.RAY_HEAD_NOT_READY
+    assert cond(st, "Ready")["reason"] == Reason.RAY_HEAD_NOT_READY
     assert cond(st, "Progressing")["status"] == "True"
     assert st["endpoint"] is None
 
@@ -31,7 +33,7 @@ def test_head_not_ready_is_pending_with_reason() -> None:
 def test_serve_deploying_is_model_loading() -> None:
     obs = replace(BASE, head_ready=True, workers_ready=2, workers_replicas=2, serve_status="DEPLOYING")
     st = s.compute_status(obs, None, NOW)
-    assert (st["phase"], cond(st, "Ready")["reason"]) == ("Deploying", s.MODEL_LOADING)
+    assert (st["phase"], cond(st, "Ready")["reason"]) == ("Deploying", Reason.MODEL_LOADING)
 
 
 def test_running_with_all_replicas_is_ready_with_endpoint() -> None:
@@ -63,7 +65,7 @@ def test_scaling_up_stays_ready_and_progressing() -> None:
         serve_running_replicas=2,
     )
     st = s.compute_status(obs, None, NOW)
-    assert (st["phase"], cond(st, "Progressing")["reason"]) == ("Ready", s.SCALING)
+    assert (st["phase"], cond(st, "Progressing")["reason"]) == ("Ready", Reason.SCALING)
 
 
 def test_lost_replica_without_scaling_is_degraded() -> None:
@@ -71,14 +73,14 @@ def test_lost_replica_without_scaling_is_degraded() -> None:
         BASE, head_ready=True, workers_ready=1, workers_replicas=2, serve_status="RUNNING", serve_running_replicas=2
     )
     st = s.compute_status(obs, None, NOW)
-    assert (st["phase"], cond(st, "Degraded")["reason"]) == ("Degraded", s.REPLICAS_UNAVAILABLE)
+    assert (st["phase"], cond(st, "Degraded")["reason"]) == ("Degraded", Reason.REPLICAS_UNAVAILABLE)
 
 
 def test_deploy_failed_before_serving_is_failed() -> None:
     obs = replace(BASE, head_ready=True, workers_ready=2, serve_status="DEPLOY_FAILED", serve_message="boom")
     st = s.compute_status(obs, None, NOW)
     assert st["phase"] == "Failed"
-    assert cond(st, "Ready")["reason"] == s.SERVE_DEPLOY_FAILED and "boom" in cond(st, "Ready")["message"]
+    assert cond(st, "Ready")["reason"] == Reason.SERVE_DEPLOY_FAILED and "boom" in cond(st, "Ready")["message"]
 
 
 def test_deploy_failed_while_old_replicas_serve_is_degraded() -> None:
@@ -93,9 +95,9 @@ def test_push_error_is_serve_deploy_failed() -> None:
 
 
 def test_spec_problem_is_failed_with_its_reason() -> None:
-    obs = replace(BASE, spec_problem=(s.INSUFFICIENT_GPU, "no node offers 8 GPUs"))
+    obs = replace(BASE, spec_problem=(Reason.INSUFFICIENT_GPU, "no node offers 8 GPUs"))
     st = s.compute_status(obs, None, NOW)
-    assert (st["phase"], cond(st, "Ready")["reason"]) == ("Failed", s.INSUFFICIENT_GPU)
+    assert (st["phase"], cond(st, "Ready")["reason"]) == ("Failed", Reason.INSUFFICIENT_GPU)
 
 
 def test_head_lost_after_serving_is_degraded() -> None:
@@ -119,12 +121,34 @@ def test_transition_time_kept_while_status_unchanged() -> None:
 def test_phase_change_is_one_event_and_warning_for_failures() -> None:
     first = s.compute_status(BASE, None, NOW)
     (t,) = s.transitions(None, first)
-    assert (t.type, t.reason) == ("Normal", s.RAY_HEAD_NOT_READY)
-    failed = s.compute_status(replace(BASE, spec_problem=(s.INVALID_SPEC, "bad")), first, NOW)
+    assert (t.type, t.reason) == ("Normal", Reason.RAY_HEAD_NOT_READY)
+    failed = s.compute_status(replace(BASE, spec_problem=(Reason.INVALID_SPEC, "bad")), first, NOW)
     (t,) = s.transitions(first, failed)
-    assert (t.type, t.reason) == ("Warning", s.INVALID_SPEC)
+    assert (t.type, t.reason) == ("Warning", Reason.INVALID_SPEC)
 
 
 def test_no_event_without_a_change() -> None:
     first = s.compute_status(BASE, None, NOW)
     assert s.transitions(first, s.compute_status(BASE, first, NOW)) == []
+
+
+def test_status_is_the_typed_api_status_and_a_lost_endpoint_is_cleared() -> None:
+    serving = replace(
+        BASE, head_ready=True, workers_ready=2, workers_replicas=2, serve_status="RUNNING", serve_running_replicas=2
+    )
+    ready = s.compute_status(serving, None, NOW)
+    typed = api.ModelDeploymentStatus.model_validate(ready)
+    assert typed.phase == api.Phase.READY and typed.ready_replicas == 2
+    assert [c.type for c in typed.conditions] == [
+        api.ConditionType.READY,
+        api.ConditionType.PROGRESSING,
+        api.ConditionType.DEGRADED,
+    ]
+    # Written as a merge patch: the endpoint goes away only when sent as null.
+    lost = s.compute_status(BASE, ready, NOW)
+    assert "endpoint" in lost and lost["endpoint"] is None
+
+
+def test_spec_problems_are_the_failed_reasons() -> None:
+    for reason in api.FAILED_REASONS:
+        assert s.compute_status(replace(BASE, spec_problem=(reason, "x")), None, NOW)["phase"] == api.Phase.FAILED

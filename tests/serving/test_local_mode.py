@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -10,11 +11,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
+import httpx
+import jwt
 import openai
 import pytest
+import yaml
+from aiohttp import web
 
 from rayleigh_api.loading import load_model_deployment
 from rayleigh_gateway.routes import parse_config, route_for
@@ -109,3 +115,110 @@ def test_rayleigh_up_serves_the_tiny_model_through_the_gateway_until_ctrl_c(
             proc.wait()
     with pytest.raises(openai.APIConnectionError):
         openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key.group(1), max_retries=0).models.list()
+
+
+class UpProcess:
+    """`rayleigh up -f FILE --upstream URL`: the gateway that `make demo` runs, in front of a running server."""
+
+    def __init__(self, md_file: Path, upstream: str, tmp_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "RAYLEIGH_STATE_DIR": str(tmp_path / "state")}
+        rayleigh = Path(sys.executable).with_name("rayleigh")
+        self.proc = subprocess.Popen(
+            [str(rayleigh), "up", "-f", str(md_file), "--port", str(self.port), "--upstream", upstream],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        self.printed = read_until(pump(self.proc.stdout), "Press Ctrl-C to stop.", timeout=120)
+
+    def chat(self, bearer: str) -> int:
+        body = {"model": "tiny-qwen", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+        r = httpx.post(
+            self.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {bearer}"}, timeout=30
+        )
+        return r.status_code
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+        try:
+            assert self.proc.wait(timeout=60) == 0
+        finally:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[tuple[Any, str]]:
+    """A model server stand-in (the dev upstream) that also publishes an issuer's JWKS; yields (key, url)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from jwt.algorithms import RSAAlgorithm
+
+    from tests.gateway.harness import Upstream
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = {**json.loads(RSAAlgorithm.to_jwk(key.public_key())), "kid": "k1", "alg": "RS256", "use": "sig"}
+
+    async def jwks(request: web.Request) -> web.Response:
+        return web.json_response({"keys": [jwk]})
+
+    upstream = Upstream(lambda app: app.router.add_get("/jwks.json", jwks))
+    upstream.start()
+    yield key, upstream.url
+    upstream.stop()
+
+
+def tiny_with_gateway(tmp_path: Path, gateway: dict[str, Any]) -> Path:
+    doc = yaml.safe_load((EXAMPLES_DIR / "tiny.yaml").read_text())
+    doc["spec"]["gateway"] = gateway
+    path = tmp_path / "md.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def token(key: Any) -> str:
+    now = int(time.time())
+    claims = {"iss": "https://idp.test", "aud": "rayleigh", "sub": "alice", "iat": now, "exp": now + 300}
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": "k1"})
+
+
+def test_rayleigh_up_with_default_auth_prints_a_key_that_works_and_refuses_jwts(
+    issuer: tuple[Any, str], tmp_path: Path
+) -> None:
+    key, url = issuer
+    up = UpProcess(tiny_with_gateway(tmp_path, {}), url, tmp_path)
+    try:
+        api_key = re.search(r"API key \(local, generated\): (\S+)", up.printed)
+        assert api_key, up.printed
+        assert up.chat(api_key.group(1)) == 200
+        assert up.chat(token(key)) == 401
+    finally:
+        up.stop()
+
+
+def test_rayleigh_up_honours_a_jwt_only_route_from_the_spec(issuer: tuple[Any, str], tmp_path: Path) -> None:
+    """`spec.gateway.auth: {apiKeys: false, jwt: ...}` reaches local mode: no key is made, JWTs are checked."""
+    key, url = issuer
+    jwt_auth = {"issuer": "https://idp.test", "audience": "rayleigh", "jwksUrl": url + "/jwks.json"}
+    up = UpProcess(tiny_with_gateway(tmp_path, {"auth": {"apiKeys": False, "jwt": jwt_auth}}), url, tmp_path)
+    try:
+        assert "API key (local" not in up.printed
+        assert "send a JWT from issuer https://idp.test" in up.printed
+        assert up.chat(token(key)) == 200
+        assert up.chat("rk-not-a-key") == 401
+        assert up.chat(token(rsa_key())) == 401
+    finally:
+        up.stop()
+
+
+def rsa_key() -> Any:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -1,0 +1,106 @@
+"""The gateway's aggregated routes: one ConfigMap, one key per served ModelDeployment.
+
+The gateway mounts the ConfigMap `--routes-configmap` (in the gateway's namespace) as its routes
+directory and loads each key as one route. Each ModelDeployment's route is the JSON its rendered
+route ConfigMap holds (`Entry.route_json`); invalid or not yet rendered objects get no key, and
+keys of deleted objects are removed.
+
+Writes are debounced (one write for a burst of changes) and happen only when the routes differ
+from what was last written; the ConfigMap is read back only at start, on each resync (to restore
+hand edits) and after a failed write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from rayleigh_operator import render
+from rayleigh_operator.kube import CONFIGMAPS, KubeClient
+from rayleigh_operator.state import OperatorConfig, Tracked
+
+log = logging.getLogger("rayleigh.operator")
+
+
+class RoutesWriter:
+    def __init__(self, kube: KubeClient, config: OperatorConfig, tracked: Tracked) -> None:
+        self.kube = kube
+        self.config = config
+        self.tracked = tracked
+        self._dirty = asyncio.Event()
+        self._written: dict[str, str] | None = None  # what the last write put in the ConfigMap
+        self._verify = True  # re-read the ConfigMap before the next write (start, resync)
+
+    def mark_dirty(self) -> None:
+        """A route may have changed: write (after the debounce) if the routes differ."""
+        self._dirty.set()
+
+    def verify(self) -> None:
+        """Read the ConfigMap back before the next write (a hand edit is restored too), and write."""
+        self._verify = True
+        self._dirty.set()
+
+    def desired(self) -> dict[str, str]:
+        """One key per served ModelDeployment (`namespace_name.json`): the gateway loads each file
+        of the mounted ConfigMap as one route. Invalid or not yet rendered objects get no route."""
+        return {
+            f"{namespace}_{name}.json": entry.route_json
+            for (namespace, name), entry in sorted(self.tracked.entries.items())
+            if entry.route_json is not None and entry.spec_problem is None
+        }
+
+    async def write(self) -> None:
+        """Apply the aggregated routes ConfigMap; keys of deleted ModelDeployments are removed.
+
+        The ConfigMap is read back only at start and on each resync (to restore hand edits); in
+        between, a write happens only when the routes differ from what was last written.
+        """
+        name = self.config.routes_configmap
+        if not name:
+            return
+        namespace = self.config.render.gateway_namespace
+        desired = self.desired()
+        if self._verify:
+            current = await self.kube.get(CONFIGMAPS, namespace, name)
+            self._written = None if current is None else dict(current.get("data") or {})
+            self._verify = False
+        if self._written == desired:
+            return
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {
+                    "app.kubernetes.io/name": "rayleigh",
+                    "app.kubernetes.io/component": "gateway-routes",
+                    "app.kubernetes.io/managed-by": render.FIELD_MANAGER,
+                    "app.kubernetes.io/part-of": "rayleigh",
+                },
+            },
+            "data": desired,
+        }
+        await self.kube.apply(body, field_manager=render.FIELD_MANAGER)
+        stale = set(self._written or {}) - set(desired)
+        if stale:
+            # Server-side apply drops keys we no longer own; a merge patch makes sure of it.
+            await self.kube.patch(CONFIGMAPS, namespace, name, {"data": dict.fromkeys(stale)})
+        self._written = desired
+        log.info("gateway routes: %d models in %s/%s", len(desired), namespace, name)
+
+    async def run(self) -> None:
+        """Write whenever marked dirty, debounced; a failed write is retried after a second."""
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(self.config.routes_debounce_seconds)  # one write for a burst of changes
+            self._dirty.clear()
+            try:
+                await self.write()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("gateway routes: %r; retrying", exc)
+                self._verify = True  # the write may have half-happened: read back first
+                await asyncio.sleep(1)
+                self._dirty.set()

@@ -1,0 +1,206 @@
+"""What the operator knows: its settings, and per ModelDeployment the parsed spec and what it saw.
+
+- `OperatorConfig`: the flags of `rayleigh operator`, and the per-object settings derived from
+  them (Serve application name, route prefix, dashboard URL, endpoint, Serve config, render
+  options), all templates over the ModelDeployment's name and namespace.
+- `parse_spec`: the typed ModelDeployment of a stored object, or SpecError.
+- `Entry`: one ModelDeployment's state between events (spec, problems, readiness, Serve state,
+  the status last written, when it is next due).
+- `Tracked`: every Entry, and the wake-up of the tracker when one becomes due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import rayleigh_api as api
+from rayleigh_api.validation import validate_document
+from rayleigh_operator import render, serve_client
+from rayleigh_operator.render import RenderOptions
+from rayleigh_serving.config import build_serve_config
+
+# The label selector of every child this operator manages (lists and watches use it).
+MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={render.FIELD_MANAGER}"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Flags of `rayleigh operator`."""
+
+    render: RenderOptions = field(default_factory=RenderOptions)
+    # Templates with {name} and {namespace} (and {route_prefix} for the endpoint).
+    dashboard_url: str = "http://{name}-head.{namespace}.svc:8265"
+    endpoint: str = "http://rayleigh-gateway.rayleigh-system.svc/v1"
+    app_name: str = "{name}"
+    route_prefix: str = "/"
+    # The Ray cluster is not a child of the ModelDeployment (shared, external): deleting the
+    # ModelDeployment must then remove its Serve application (a finalizer does).
+    external_ray: bool = False
+    # Local mode / tests: relative file:// model paths resolve against this directory.
+    local_base: Path | None = None
+    poll_seconds: float = 2.0
+    resync_seconds: float = 30.0
+    gpu_check: bool = True
+    metric_check: bool = True
+    monitoring: str = "auto"  # auto | on | off
+    concurrency: int = 16
+    # Namespaces to serve; empty: all (cluster-wide watches).
+    namespaces: tuple[str, ...] = ()
+    # The one ConfigMap, in the gateway's namespace (render.gateway_namespace), that gathers every
+    # ModelDeployment's route, one key each: the gateway mounts it as its routes directory. None: off.
+    routes_configmap: str | None = "rayleigh-gateway-routes"
+    routes_debounce_seconds: float = 0.2
+
+    # --- per-object settings -----------------------------------------------------------------
+
+    def _fmt(self, template: str, md: api.ModelDeployment, **extra: str) -> str:
+        return template.format(name=md.name, namespace=md.namespace, **extra)
+
+    def route_prefix_for(self, md: api.ModelDeployment) -> str:
+        return self._fmt(self.route_prefix, md)
+
+    def app_name_for(self, md: api.ModelDeployment) -> str:
+        return self._fmt(self.app_name, md)
+
+    def dashboard_url_for(self, md: api.ModelDeployment) -> str:
+        return self._fmt(self.dashboard_url, md)
+
+    def endpoint_for(self, md: api.ModelDeployment) -> str:
+        prefix = self.route_prefix_for(md).rstrip("/")
+        return self._fmt(self.endpoint, md, route_prefix=prefix)
+
+    def serve_config_for(self, md: api.ModelDeployment) -> dict[str, Any]:
+        """The Serve config PUT to the dashboard (raises ServeConfigError for what it cannot express)."""
+        return build_serve_config(
+            md, route_prefix=self.route_prefix_for(md), app_name=self.app_name_for(md), local_base=self.local_base
+        )
+
+    def render_options_for(
+        self, md: api.ModelDeployment, *, monitoring: bool, metric_available: bool | None
+    ) -> RenderOptions:
+        """The flags' RenderOptions with this object's route prefix and what the cluster offers."""
+        return dataclasses.replace(
+            self.render,
+            route_prefix=self.route_prefix_for(md),
+            monitoring=monitoring,
+            autoscaling_metric_available=metric_available,
+        )
+
+
+def parse_spec(doc: dict[str, Any]) -> api.ModelDeployment:
+    """The typed ModelDeployment, or SpecError naming every problem.
+
+    The API server enforces the CRD's schema and CEL rules at admission, so a stored object
+    already satisfies them; the operator re-checks the types (pydantic, microseconds) and leaves
+    the CEL rules to admission: evaluating them here with cel-python costs about 0.1 s per object.
+    Only when parsing fails does it run the full offline validation, for its field-path messages.
+    """
+    body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind")}
+    try:
+        return api.ModelDeployment.model_validate(body)
+    except ValueError:
+        validate_document(doc)  # raises SpecError with every problem and its field path
+        raise
+
+
+def as_int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def content_hash(obj: Any) -> str:
+    """A short stable hash of a JSON-able value (a Serve application, a replica placement)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Entry:
+    namespace: str
+    name: str
+    body: dict[str, Any]
+    md: api.ModelDeployment | None = None
+    spec_problem: tuple[str, str] | None = None
+    options: RenderOptions | None = None
+    # This object's route as the gateway reads it (the rendered route ConfigMap's JSON); None while
+    # the spec is invalid or not yet rendered, so the gateway serves no route for it.
+    route_json: str | None = None
+    own_versions: dict[str, str] = field(default_factory=dict)
+    metric_missing: tuple[str, str] | None = None
+    head_ready: bool = False
+    dashboard_error: str | None = None
+    workers_replicas: int = 0
+    workers_ready: int = 0
+    status: dict[str, Any] | None = None
+    serve_state: serve_client.AppState | None = None
+    serve_push_error: str | None = None
+    failed_app_hash: str | None = None
+    replica_placement: str | None = None
+    applied: bool = False
+    # Set by the delete handler: the tracker must not deploy this application again.
+    deleting: bool = False
+    next_due: float = float("inf")
+    last_restore: dict[str, float] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.namespace, self.name
+
+    def observe_deployment(self, obj: dict[str, Any]) -> bool:
+        """Fold a Deployment child's status into the entry; True when readiness changed."""
+        if obj.get("kind") != "Deployment":
+            return False
+        st = obj.get("status") or {}
+        name = obj["metadata"]["name"]
+        before = (self.head_ready, self.workers_replicas, self.workers_ready)
+        if name.endswith("-head"):
+            self.head_ready = int(st.get("readyReplicas") or 0) >= 1
+        elif name.endswith("-workers"):
+            self.workers_replicas = int(st.get("replicas") or 0)
+            self.workers_ready = int(st.get("readyReplicas") or 0)
+        return before != (self.head_ready, self.workers_replicas, self.workers_ready)
+
+    def record_applied(self, obj: dict[str, Any]) -> None:
+        """Remember the resourceVersion our own apply produced: its watch event is not drift."""
+        if obj.get("kind") == "Deployment":
+            self.own_versions[obj["metadata"]["name"]] = str(obj["metadata"].get("resourceVersion"))
+
+
+class Tracked:
+    """Every ModelDeployment this operator knows, by (namespace, name), and the tracker's wake-up."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str], Entry] = {}
+        self.wake = asyncio.Event()
+
+    def entry_for(self, body: dict[str, Any]) -> Entry:
+        meta = body["metadata"]
+        key = (meta.get("namespace") or "default", meta["name"])
+        entry = self.entries.get(key)
+        if entry is None:
+            entry = self.entries[key] = Entry(namespace=key[0], name=key[1], body=body)
+            entry.status = body.get("status") or None
+        entry.body = body
+        return entry
+
+    def get(self, namespace: str, name: str) -> Entry | None:
+        return self.entries.get((namespace, name))
+
+    def pop(self, namespace: str, name: str) -> Entry | None:
+        return self.entries.pop((namespace, name), None)
+
+    def schedule(self, entry: Entry, delay: float | None) -> None:
+        """Make `entry` due for a Serve sync in `delay` seconds (None: not due), if sooner than now planned."""
+        due = float("inf") if delay is None else time.monotonic() + delay
+        if due < entry.next_due:
+            entry.next_due = due
+            self.wake.set()

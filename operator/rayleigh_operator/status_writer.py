@@ -1,0 +1,120 @@
+"""Status and Events: what the operator saw -> the status subresource, one Event per transition.
+
+The status itself is computed by the pure `status` module; this module gathers what it needs
+from an Entry, writes the result with a merge patch only when something changed (transition
+timestamps aside), posts an Event for each transition (`status.transitions`) and keeps the
+`rayleigh_operator_model_deployments{phase}` gauge.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import rayleigh_api as api
+from rayleigh_operator import metrics, render, status
+from rayleigh_operator.kube import EVENTS, MODEL_DEPLOYMENTS, ApiError, KubeClient
+from rayleigh_operator.state import Entry, OperatorConfig, as_int
+
+log = logging.getLogger("rayleigh.operator")
+
+
+def _timestamp() -> str:
+    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class StatusWriter:
+    def __init__(self, kube: KubeClient, config: OperatorConfig, on_gone: Callable[[str, str], None]) -> None:
+        """`on_gone(namespace, name)` runs when the ModelDeployment no longer exists (status 404)."""
+        self.kube = kube
+        self.config = config
+        self.on_gone = on_gone
+        self._instance = os.environ.get("POD_NAME") or socket.gethostname()
+        self._phases: dict[str, int] = {phase.value: 0 for phase in api.Phase}
+
+    def observed(self, entry: Entry) -> status.Observed:
+        md = entry.md
+        meta = entry.body["metadata"]
+        spec = entry.body.get("spec") or {}
+        st = entry.serve_state
+        return status.Observed(
+            generation=int(meta.get("generation") or 1),
+            desired_replicas=md.spec.replicas if md else as_int(spec.get("replicas")),
+            selector=render.worker_selector(md) if md else f"{render.MD_LABEL}={entry.name}",
+            served_models=md.served_models() if md else [],
+            endpoint=self.config.endpoint_for(md) if md else "",
+            spec_problem=entry.spec_problem,
+            head_ready=entry.head_ready and entry.dashboard_error is None,
+            head_message=entry.dashboard_error or "the Ray head pod is not ready",
+            workers_replicas=entry.workers_replicas,
+            workers_ready=entry.workers_ready,
+            serve_status=None if st is None else st.status,
+            serve_message="" if st is None else st.message,
+            serve_running_replicas=0 if st is None else st.running_replicas,
+            serve_push_error=entry.serve_push_error,
+            metric_missing=entry.metric_missing,
+            autoscaling=bool(md and md.spec.autoscaling),
+        )
+
+    async def write(self, entry: Entry) -> None:
+        """Write the status when it differs from the last one written, then post its Events."""
+        new = status.compute_status(self.observed(entry), entry.status, _timestamp())
+        if not status.status_differs(entry.status, new):
+            return
+        previous = entry.status
+        try:
+            await self.kube.patch_status(MODEL_DEPLOYMENTS, entry.namespace, entry.name, new)
+        except ApiError as exc:
+            if exc.status == 404:
+                self.on_gone(entry.namespace, entry.name)
+                return
+            raise
+        entry.status = new
+        self.count_phase((previous or {}).get("phase"), new.get("phase"))
+        for t in status.transitions(previous, new):
+            await self.post_event(entry, t)
+
+    def count_phase(self, old: str | None = None, new: str | None = None) -> None:
+        """Move one object from phase `old` to `new` in the per-phase gauge (None: not counted)."""
+        if old == new:
+            return
+        if old in self._phases:
+            self._phases[old] -= 1
+            metrics.MODEL_DEPLOYMENTS.labels(old).set(self._phases[old])
+        if new in self._phases:
+            self._phases[new] += 1
+            metrics.MODEL_DEPLOYMENTS.labels(new).set(self._phases[new])
+
+    async def post_event(self, entry: Entry, t: status.Transition) -> None:
+        meta = entry.body["metadata"]
+        now = _timestamp()
+        event: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{entry.name}.", "namespace": entry.namespace},
+            "involvedObject": {
+                "apiVersion": api.API_VERSION,
+                "kind": api.KIND,
+                "name": entry.name,
+                "namespace": entry.namespace,
+                "uid": meta.get("uid"),
+            },
+            "type": t.type,
+            "reason": t.reason,
+            "message": t.message[:1024],
+            "source": {"component": render.FIELD_MANAGER},
+            "reportingComponent": render.FIELD_MANAGER,
+            "reportingInstance": self._instance,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        log.info("%s/%s: %s %s: %s", entry.namespace, entry.name, t.type, t.reason, t.message)
+        try:
+            await self.kube.create(EVENTS, entry.namespace, event)
+        except ApiError as exc:
+            log.warning("cannot post event for %s/%s: %s", entry.namespace, entry.name, exc)
