@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import Field
 
-from rayleigh_api.base import ApiModel, CIDR_PATTERN, Rule
+from rayleigh_api.base import CIDR_PATTERN, ApiModel, Rule
 from rayleigh_api.model_spec import SecretKeyRef
-
 
 JwtAlgorithm = Literal["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "HS256", "HS384", "HS512"]
 
@@ -89,7 +88,7 @@ class GatewaySpec(ApiModel):
 
     RULES: ClassVar[list[Rule]] = [
         Rule(
-            "self.allowedCIDRs.all(c, isCIDR(c))",
+            "!has(self.allowedCIDRs) || self.allowedCIDRs.all(c, isCIDR(c))",
             "every allowedCIDRs entry must be an IPv4 or IPv6 CIDR such as 10.0.0.0/8 or fd00::/8",
             field_path=".allowedCIDRs",
         ),
@@ -117,5 +116,3 @@ class GatewaySpec(ApiModel):
         json_schema_extra={"items": {"type": "string", "maxLength": 64, "pattern": CIDR_PATTERN}},
     )
     rate_limits: RateLimits | None = Field(default=None, description="Request and token rate limits.")
-
-

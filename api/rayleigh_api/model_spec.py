@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import Field
 
-from rayleigh_api.base import ADAPTER_SOURCE_PATTERN, ApiModel, ExtraArg, MODEL_NAME_PATTERN, Rule, SOURCE_PATTERN, DENY_REGEX
+from rayleigh_api.base import (
+    ADAPTER_SOURCE_PATTERN,
+    DENY_REGEX,
+    MODEL_NAME_PATTERN,
+    SOURCE_PATTERN,
+    ApiModel,
+    ExtraArg,
+    Rule,
+)
 
 
 class SecretKeyRef(ApiModel):
@@ -140,7 +148,7 @@ class EngineSpec(ApiModel):
             field_path=".maxNumBatchedTokens",
         ),
         Rule(
-            f"self.extraArgs.all(a, !a.matches('{DENY_REGEX}'))",
+            f"!has(self.extraArgs) || self.extraArgs.all(a, !a.matches('{DENY_REGEX}'))",
             "extraArgs must not set flags Rayleigh manages (model, served-model-name, host, port, "
             "parallelism, gpu-memory-utilization, quantization, dtype, max-model-len, kv-cache-dtype, "
             "LoRA, api-key, TLS, trust-remote-code, download-dir, chat-template): use the spec field instead",
@@ -190,5 +198,3 @@ class Adapter(ApiModel):
         description="Where the LoRA adapter's weights are: 'pvc://claim/path' (mounted on every replica) or "
         "'file:///abs/path' (local mode).",
     )
-
-

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from rayleigh_api.base import ApiModel, Rule
-from rayleigh_api.model_spec import Adapter, EngineSpec, ModelSpec
-from rayleigh_api.workload import Autoscaling, ImageSpec, Resources, Rollout, ServingSpec
 from rayleigh_api.gateway_spec import GatewaySpec
+from rayleigh_api.model_spec import Adapter, EngineSpec, ModelSpec
 from rayleigh_api.status import ModelDeploymentStatus
+from rayleigh_api.workload import Autoscaling, ImageSpec, Resources, Rollout, ServingSpec
 
 
 class ModelDeploymentSpec(ApiModel):
@@ -27,12 +27,12 @@ class ModelDeploymentSpec(ApiModel):
             field_path=".resources.gpus",
         ),
         Rule(
-            "self.adapters.all(a, self.adapters.exists_one(b, b.name == a.name))",
+            "!has(self.adapters) || self.adapters.all(a, self.adapters.exists_one(b, b.name == a.name))",
             "adapter names must be unique",
             field_path=".adapters",
         ),
         Rule(
-            "!has(self.model.servedModelName) || self.adapters.all(a, a.name != self.model.servedModelName)",
+            "!has(self.model.servedModelName) || !has(self.adapters) || self.adapters.all(a, a.name != self.model.servedModelName)",
             "an adapter name must differ from model.servedModelName",
             field_path=".adapters",
         ),
@@ -74,7 +74,6 @@ class ModelDeploymentSpec(ApiModel):
     )
 
 
-
 class ModelDeployment(ApiModel):
     """A model served by Rayleigh: Ray Serve replicas wrapping vLLM, behind the gateway."""
 
@@ -101,5 +100,3 @@ class ModelDeployment(ApiModel):
     def served_models(self) -> list[str]:
         """Every name a client can ask for: the base model, then each adapter."""
         return [self.served_model_name(), *(a.name for a in self.spec.adapters)]
-
-
