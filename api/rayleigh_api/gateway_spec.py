@@ -55,6 +55,8 @@ class JwtAuth(ApiModel):
         min_length=1,
         max_length=9,
         description="Accepted signing algorithms; 'none' is never accepted.",
+        # In the CRD too: the API server defaults before it runs the CEL rules that read this list.
+        json_schema_extra={"default": ["RS256"]},
     )
 
 

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -29,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from bench.devupstream import make_app
 from rayleigh_gateway.app import Gateway, Settings
 from rayleigh_gateway.keys import KeyStore, save_keys
+from rayleigh_gateway.server import GatewayHttpProtocol, MetricsServer
 from tests.plugins.common import REPO_ROOT, free_port
 
 
@@ -48,10 +50,11 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
 class AiohttpThread:
     """An aiohttp application served from its own event loop in a daemon thread."""
 
-    def __init__(self, app: web.Application) -> None:
+    def __init__(self, app: web.Application, ssl_context: ssl.SSLContext | None = None) -> None:
         self.app = app
+        self.ssl_context = ssl_context
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{self.port}"
         self.loop = asyncio.new_event_loop()
         self.runner: web.AppRunner | None = None
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -63,7 +66,7 @@ class AiohttpThread:
     async def _start(self) -> None:
         self.runner = web.AppRunner(self.app, access_log=None)
         await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port, ssl_context=self.ssl_context).start()
 
     def stop(self) -> None:
         if self.runner is not None:
@@ -85,19 +88,21 @@ class Upstream(AiohttpThread):
 
 
 class GatewayThread:
-    """The real gateway app under uvicorn (uvloop, httptools) in a thread of this process, so
-    tests can also read its state (e.g. call `check_reload()` instead of waiting for the poll)."""
+    """The real gateway app under uvicorn (uvloop, the gateway's httptools protocol) in a thread of
+    this process, so tests can also read its state (e.g. call `check_reload()` instead of waiting
+    for the poll); its metrics on their own port, `metrics_url`, as `rayleigh gateway` serves them."""
 
     def __init__(self, settings: Settings) -> None:
         self.gateway = Gateway(settings)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.metrics: MetricsServer | None = None
         config = uvicorn.Config(
             self.gateway,
             host="127.0.0.1",
             port=self.port,
             loop="uvloop",
-            http="httptools",
+            http=GatewayHttpProtocol,
             ws="websockets-sansio",
             lifespan="on",
             access_log=False,
@@ -108,7 +113,13 @@ class GatewayThread:
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
+    @property
+    def metrics_url(self) -> str:
+        assert self.metrics is not None, "start() first"
+        return f"http://127.0.0.1:{self.metrics.port}/metrics"
+
     def start(self) -> None:
+        self.metrics = MetricsServer("127.0.0.1", 0)
         self.thread.start()
         deadline = time.monotonic() + 20
         while not self.server.started:
@@ -119,14 +130,26 @@ class GatewayThread:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+        if self.metrics is not None:
+            self.metrics.stop()
 
 
 class GatewayProcess:
     """`python -m rayleigh_gateway gateway ...` as a separate process (own process group)."""
 
-    def __init__(self, config: Path, keys: Path | None, redis_url: str | None, log: Path, workers: int = 1) -> None:
+    def __init__(
+        self,
+        config: Path,
+        keys: Path | None,
+        redis_url: str | None,
+        log: Path,
+        workers: int = 1,
+        extra_args: list[str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.metrics_port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         args = [
             sys.executable,
             "-m",
@@ -143,6 +166,9 @@ class GatewayProcess:
             "--drain-seconds",
             "2",
             "--no-audit",
+            "--metrics-port",
+            str(self.metrics_port),
+            *(extra_args or []),
         ]
         if keys is not None:
             args += ["--keys", str(keys)]

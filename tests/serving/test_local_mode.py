@@ -7,11 +7,13 @@ import os
 import queue
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -120,17 +122,18 @@ def test_rayleigh_up_serves_the_tiny_model_through_the_gateway_until_ctrl_c(
 class UpProcess:
     """`rayleigh up -f FILE --upstream URL`: the gateway that `make demo` runs, in front of a running server."""
 
-    def __init__(self, md_file: Path, upstream: str, tmp_path: Path) -> None:
+    def __init__(self, md_file: Path, upstream: str, tmp_path: Path, ca_file: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "RAYLEIGH_STATE_DIR": str(tmp_path / "state")}
+        # The gateway fetches the issuer's JWKS over HTTPS and trusts the test CA through OpenSSL's SSL_CERT_FILE.
+        env = {**os.environ, "RAYLEIGH_STATE_DIR": str(tmp_path / "state"), "SSL_CERT_FILE": str(ca_file)}
         rayleigh = Path(sys.executable).with_name("rayleigh")
         self.proc = subprocess.Popen(
             [str(rayleigh), "up", "-f", str(md_file), "--port", str(self.port), "--upstream", upstream],
             cwd=REPO_ROOT,
             env=env,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
         )
@@ -155,13 +158,33 @@ class UpProcess:
                 self.proc.wait()
 
 
+@dataclass
+class Issuer:
+    """An identity provider: its signing key and its JWKS over HTTPS (jwksUrl must be https)."""
+
+    key: Any
+    jwks_url: str
+    ca_file: Path
+
+
 @pytest.fixture(scope="module")
-def issuer() -> Iterator[tuple[Any, str]]:
-    """A model server stand-in (the dev upstream) that also publishes an issuer's JWKS; yields (key, url)."""
+def upstream() -> Iterator[str]:
+    """The dev upstream stands in for the model server: these tests are about the gateway `rayleigh up` runs."""
+    from tests.gateway.harness import Upstream
+
+    server = Upstream()
+    server.start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Issuer]:
     from cryptography.hazmat.primitives.asymmetric import rsa
     from jwt.algorithms import RSAAlgorithm
 
-    from tests.gateway.harness import Upstream
+    from tests.gateway.harness import AiohttpThread
+    from tests.gateway.redis_servers import make_tls_files
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     jwk = {**json.loads(RSAAlgorithm.to_jwk(key.public_key())), "kid": "k1", "alg": "RS256", "use": "sig"}
@@ -169,10 +192,15 @@ def issuer() -> Iterator[tuple[Any, str]]:
     async def jwks(request: web.Request) -> web.Response:
         return web.json_response({"keys": [jwk]})
 
-    upstream = Upstream(lambda app: app.router.add_get("/jwks.json", jwks))
-    upstream.start()
-    yield key, upstream.url
-    upstream.stop()
+    app = web.Application()
+    app.router.add_get("/jwks.json", jwks)
+    tls = make_tls_files(tmp_path_factory.mktemp("idp-tls"))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.server_cert, tls.server_key)
+    server = AiohttpThread(app, ssl_context=context)
+    server.start()
+    yield Issuer(key, f"https://127.0.0.1:{server.port}/jwks.json", tls.ca)
+    server.stop()
 
 
 def tiny_with_gateway(tmp_path: Path, gateway: dict[str, Any]) -> Path:
@@ -190,28 +218,27 @@ def token(key: Any) -> str:
 
 
 def test_rayleigh_up_with_default_auth_prints_a_key_that_works_and_refuses_jwts(
-    issuer: tuple[Any, str], tmp_path: Path
+    upstream: str, issuer: Issuer, tmp_path: Path
 ) -> None:
-    key, url = issuer
-    up = UpProcess(tiny_with_gateway(tmp_path, {}), url, tmp_path)
+    up = UpProcess(tiny_with_gateway(tmp_path, {}), upstream, tmp_path, issuer.ca_file)
     try:
         api_key = re.search(r"API key \(local, generated\): (\S+)", up.printed)
         assert api_key, up.printed
         assert up.chat(api_key.group(1)) == 200
-        assert up.chat(token(key)) == 401
+        assert up.chat(token(issuer.key)) == 401
     finally:
         up.stop()
 
 
-def test_rayleigh_up_honours_a_jwt_only_route_from_the_spec(issuer: tuple[Any, str], tmp_path: Path) -> None:
+def test_rayleigh_up_honours_a_jwt_only_route_from_the_spec(upstream: str, issuer: Issuer, tmp_path: Path) -> None:
     """`spec.gateway.auth: {apiKeys: false, jwt: ...}` reaches local mode: no key is made, JWTs are checked."""
-    key, url = issuer
-    jwt_auth = {"issuer": "https://idp.test", "audience": "rayleigh", "jwksUrl": url + "/jwks.json"}
-    up = UpProcess(tiny_with_gateway(tmp_path, {"auth": {"apiKeys": False, "jwt": jwt_auth}}), url, tmp_path)
+    jwt_auth = {"issuer": "https://idp.test", "audience": "rayleigh", "jwksUrl": issuer.jwks_url}
+    md = tiny_with_gateway(tmp_path, {"auth": {"apiKeys": False, "jwt": jwt_auth}})
+    up = UpProcess(md, upstream, tmp_path, issuer.ca_file)
     try:
         assert "API key (local" not in up.printed
         assert "send a JWT from issuer https://idp.test" in up.printed
-        assert up.chat(token(key)) == 200
+        assert up.chat(token(issuer.key)) == 200
         assert up.chat("rk-not-a-key") == 401
         assert up.chat(token(rsa_key())) == 401
     finally:
