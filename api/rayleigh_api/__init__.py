@@ -10,55 +10,75 @@ This package is the ground floor: it imports no other Rayleigh package. `import 
 gives every type; loading files (`rayleigh_api.loading`) and validation live in their own modules.
 """
 
-from rayleigh_api.base import Rule, ApiModel, GROUP, VERSION, API_VERSION, KIND, PLURAL, SINGULAR, SHORT_NAMES, CATEGORIES, SOURCE_PATTERN, ADAPTER_SOURCE_PATTERN, DNS_LABEL_PATTERN, MODEL_NAME_PATTERN, CIDR_PATTERN, QUANTITY_PATTERN, DENIED_EXTRA_ARGS, DENY_REGEX, ExtraArg
-from rayleigh_api.model_spec import SecretKeyRef, RopeScaling, ModelSpec, EngineSpec, Adapter
-from rayleigh_api.workload import Autoscaling, Toleration, Resources, Rollout, ImageSpec, ServingSpec
-from rayleigh_api.gateway_spec import JwtAuth, GatewayAuth, RateLimits, GatewaySpec, JwtAlgorithm
-from rayleigh_api.status import Phase, ConditionType, Reason, Condition, ModelDeploymentStatus, FAILED_REASONS
-from rayleigh_api.resource import ModelDeploymentSpec, ModelDeployment
+from rayleigh_api.base import (
+    ADAPTER_SOURCE_PATTERN,
+    API_VERSION,
+    CATEGORIES,
+    CIDR_PATTERN,
+    DENIED_EXTRA_ARGS,
+    DENY_REGEX,
+    DNS_LABEL_PATTERN,
+    GROUP,
+    KIND,
+    MODEL_NAME_PATTERN,
+    PLURAL,
+    QUANTITY_PATTERN,
+    SHORT_NAMES,
+    SINGULAR,
+    SOURCE_PATTERN,
+    VERSION,
+    ApiModel,
+    ExtraArg,
+    Rule,
+)
+from rayleigh_api.gateway_spec import GatewayAuth, GatewaySpec, JwtAlgorithm, JwtAuth, RateLimits
+from rayleigh_api.model_spec import Adapter, EngineSpec, ModelSpec, RopeScaling, SecretKeyRef
+from rayleigh_api.resource import ModelDeployment, ModelDeploymentSpec
+from rayleigh_api.status import FAILED_REASONS, Condition, ConditionType, ModelDeploymentStatus, Phase, Reason
+from rayleigh_api.workload import Autoscaling, ImageSpec, Resources, Rollout, ServingSpec, Toleration
 
 __all__ = [
     "ADAPTER_SOURCE_PATTERN",
     "API_VERSION",
-    "Adapter",
-    "ApiModel",
-    "Autoscaling",
     "CATEGORIES",
     "CIDR_PATTERN",
-    "Condition",
-    "ConditionType",
     "DENIED_EXTRA_ARGS",
     "DENY_REGEX",
     "DNS_LABEL_PATTERN",
-    "EngineSpec",
-    "ExtraArg",
     "FAILED_REASONS",
     "GROUP",
+    "KIND",
+    "MODEL_NAME_PATTERN",
+    "PLURAL",
+    "QUANTITY_PATTERN",
+    "SHORT_NAMES",
+    "SINGULAR",
+    "SOURCE_PATTERN",
+    "VERSION",
+    "Adapter",
+    "ApiModel",
+    "Autoscaling",
+    "Condition",
+    "ConditionType",
+    "EngineSpec",
+    "ExtraArg",
     "GatewayAuth",
     "GatewaySpec",
     "ImageSpec",
     "JwtAlgorithm",
     "JwtAuth",
-    "KIND",
-    "MODEL_NAME_PATTERN",
     "ModelDeployment",
     "ModelDeploymentSpec",
     "ModelDeploymentStatus",
     "ModelSpec",
-    "PLURAL",
     "Phase",
-    "QUANTITY_PATTERN",
     "RateLimits",
     "Reason",
     "Resources",
     "Rollout",
     "RopeScaling",
     "Rule",
-    "SHORT_NAMES",
-    "SINGULAR",
-    "SOURCE_PATTERN",
     "SecretKeyRef",
     "ServingSpec",
     "Toleration",
-    "VERSION",
 ]

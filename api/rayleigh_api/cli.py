@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "validate": ("rayleigh_api.commands:validate", ()),
     "plan": ("rayleigh_api.commands:plan", ()),
     "explain": ("rayleigh_api.commands:explain_command", ()),
-    "bench": ("rayleigh_api.bench_cli:bench", ()),
+    "bench": ("rayleigh_loadtest.cli:bench", ("aiohttp", "numpy", "rich", "matplotlib")),
     "render": ("rayleigh_operator.render_cli:render", ()),
     "operator": ("rayleigh_operator.run:operator", OPERATOR_NEEDS),
     "gateway": ("rayleigh_gateway.cli:gateway", GATEWAY_NEEDS),

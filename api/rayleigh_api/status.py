@@ -33,6 +33,8 @@ class ConditionType(StrEnum):
     PROGRESSING = "Progressing"
     DEGRADED = "Degraded"
     AUTOSCALING_METRIC_MISSING = "AutoscalingMetricMissing"
+    # A model name this object serves is served by an older ModelDeployment: no gateway route.
+    CONFLICT = "Conflict"
 
 
 class Reason(StrEnum):
@@ -50,6 +52,11 @@ class Reason(StrEnum):
     ALL_REPLICAS_READY = "AllReplicasReady"
     METRIC_MISSING = "AutoscalingMetricMissing"
     METRIC_AVAILABLE = "MetricAvailable"
+    # The API server refused an apply (403): the operator's role lacks a permission; retried.
+    FORBIDDEN = "Forbidden"
+    # Conflict condition: True while an older ModelDeployment serves one of this one's names.
+    MODEL_NAME_CONFLICT = "ModelNameConflict"
+    NO_CONFLICT = "NoConflict"
 
 
 # Reasons that mean the spec cannot work as written: the phase is Failed until the spec changes.
@@ -85,5 +92,3 @@ class ModelDeploymentStatus(ApiModel):
     served_models: list[str] = Field(
         default_factory=list, max_length=64, description="Model names served (base + adapters)."
     )
-
-

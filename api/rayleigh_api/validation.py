@@ -3,14 +3,19 @@
 Two layers, both read from one place:
 - the OpenAPI part (types, enums, bounds, patterns, unknown fields) through the pydantic models;
 - the CEL part by evaluating the CRD's own `x-kubernetes-validations` with cel-python against the
-  object after schema defaulting, exactly as the API server does.
+  object after schema defaulting, exactly as the API server does: a rule that cannot be evaluated
+  (no such key, division by zero...) rejects the object, naming the rule and the field; transition
+  rules (`oldSelf`) run on updates only, against the correlated old value (`cel_failures(old=...)`,
+  which the tests' API emulator uses for admission).
 Every problem is reported (not just the first) with the field path a user can find in the YAML.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import ipaddress
+import json
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -50,16 +55,75 @@ def _program(rule: str) -> celpy.Runner:
     return env.program(env.compile(rule), functions=CEL_FUNCTIONS)
 
 
-def evaluate_rule(rule: str, self_value: Any) -> bool | None:
-    """True/False for the rule on `self_value`; None when it cannot be evaluated (a type error the
-    OpenAPI layer already reports)."""
+class RuleEvaluationError(Exception):
+    """A CEL rule that could not be evaluated (no such key, division by zero, a type mismatch...).
+
+    The API server rejects the object then: a rule that throws is a failed rule, never a passed one
+    (apiextensions-apiserver pkg/apiserver/schema/cel/validation.go, `validateExpressions`:
+    `field.Invalid(fldPath, sts.Type, "<err> evaluating rule: <rule>")`).
+    """
+
+
+_OLD_SELF = re.compile(r"\boldSelf\b")
+
+
+def uses_old_self(rule: str) -> bool:
+    """Whether a rule is a transition rule (refers to `oldSelf`)."""
+    return _OLD_SELF.search(rule) is not None
+
+
+def _to_cel(value: Any) -> Any:
+    return celpy.json_to_cel(value)
+
+
+@functools.lru_cache(maxsize=8192)
+def _evaluate_cached(rule: str, self_json: str, old_json: str | None) -> bool:
+    activation = {"self": _to_cel(json.loads(self_json))}
+    if old_json is not None:
+        activation["oldSelf"] = _to_cel(json.loads(old_json))
     try:
-        result = _program(rule).evaluate({"self": celpy.json_to_cel(self_value)})
-    except Exception:
+        result = _program(rule).evaluate(activation)
+    except Exception as exc:  # cel-python raises CELEvalError, or Python errors from the library
+        raise RuleEvaluationError(_error_text(exc)) from None
+    if isinstance(result, celpy.CELEvalError):
+        raise RuleEvaluationError(_error_text(result))
+    if not isinstance(result, celtypes.BoolType):
+        raise RuleEvaluationError(f"rule returned {type(result).__name__}, not a bool")
+    return bool(result)
+
+
+# cel-python's wording -> cel-go's (what the API server reports).
+_CEL_GO_ERRORS = (
+    (re.compile(r"^no such member in mapping: '(.*)'$"), r"no such key: \1"),
+    (re.compile(r"^modulus or divide by zero$"), "division by zero"),
+)
+
+
+def _error_text(exc: BaseException) -> str:
+    args = getattr(exc, "args", ())
+    text = args[0] if args and isinstance(args[0], str) else (str(exc) or type(exc).__name__)
+    for pattern, replacement in _CEL_GO_ERRORS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def check_rule(rule: str, self_value: Any, old_self: Any = None, *, has_old: bool = False) -> bool:
+    """The rule's verdict on `self_value` (and `old_self` for a transition rule).
+
+    Raises RuleEvaluationError when the rule cannot be evaluated; callers count that as a failure,
+    as the API server does. Results are cached by (rule, value): the same spec is checked once.
+    """
+    self_json = json.dumps(self_value, sort_keys=True)
+    old_json = json.dumps(old_self, sort_keys=True) if has_old else None
+    return _evaluate_cached(rule, self_json, old_json)
+
+
+def evaluate_rule(rule: str, self_value: Any) -> bool | None:
+    """True/False for the rule on `self_value`; None when it cannot be evaluated."""
+    try:
+        return check_rule(rule, self_value)
+    except RuleEvaluationError:
         return None
-    if isinstance(result, celtypes.BoolType):
-        return bool(result)
-    return None
 
 
 def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
@@ -75,25 +139,139 @@ def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
                 value[name] = copy.deepcopy(sub["default"])
             if name in value:
                 value[name] = apply_defaults(sub, value[name])
+    elif isinstance(value, dict) and isinstance(schema.get("additionalProperties"), dict):
+        for name in value:
+            value[name] = apply_defaults(schema["additionalProperties"], value[name])
     elif isinstance(value, list) and "items" in schema:
         return [apply_defaults(schema["items"], v) for v in value]
     return value
 
 
-def _cel_problems(schema: dict[str, Any], value: Any, path: str) -> list[Problem]:
-    out: list[Problem] = []
-    if isinstance(value, dict | list):
-        for rule in schema.get("x-kubernetes-validations", []):
-            if evaluate_rule(rule["rule"], value) is False:
-                out.append(Problem(path + rule.get("fieldPath", ""), rule["message"]))
+_ABSENT: Any = object()
+
+
+@dataclass(frozen=True)
+class RuleFailure:
+    """One `x-kubernetes-validations` rule that rejects a value, with what the API server reports.
+
+    `path` is where the error is reported (the rule's node, plus its `fieldPath` when the rule
+    evaluated to false); `node_path` is the node the rule sits on; `node_type` its schema type (the
+    API server reports it as the "value" of the field error); `reason` the rule's `reason`
+    (FieldValueInvalid when unset); `error` is set when the rule could not be evaluated.
+    """
+
+    path: str
+    node_path: str
+    node_type: str
+    rule: str
+    message: str
+    reason: str | None = None
+    error: str | None = None
+    transition: bool = False
+
+    def problem(self) -> Problem:
+        return Problem(self.path, self.message)
+
+
+def _rule_text(rule: dict[str, Any]) -> str:
+    """The API server's `ruleErrorString`: the rule's message, else the rule itself."""
+    return str(rule.get("message") or rule["rule"]).strip()
+
+
+def _message(rule: dict[str, Any], self_value: Any, old: Any, has_old: bool) -> str:
+    expression = rule.get("messageExpression")
+    if expression:
+        activation = {"self": _to_cel(self_value)}
+        if has_old:
+            activation["oldSelf"] = _to_cel(old)
+        try:
+            result = _program(expression).evaluate(activation)
+            if isinstance(result, str) and result.strip() and "\n" not in result:
+                return str(result).strip()
+        except Exception:  # a failing messageExpression falls back to the message, as in the API server
+            pass
+    if rule.get("message"):
+        return str(rule["message"]).strip()
+    return f"failed rule: {rule['rule'].strip()}"
+
+
+def _correlated_items(schema: dict[str, Any], items: list[Any], old: Any) -> list[Any]:
+    """Old values of list items: only lists of type map correlate (by their keys), as in the API server."""
+    old_list = old if isinstance(old, list) else None
+    if old_list is None or schema.get("x-kubernetes-list-type") != "map":
+        return [_ABSENT] * len(items)
+    keys = schema.get("x-kubernetes-list-map-keys") or []
+
+    def key(item: Any) -> tuple[Any, ...] | None:
+        return tuple(item.get(k) for k in keys) if isinstance(item, dict) else None
+
+    by_key = {key(o): o for o in old_list if key(o) is not None}
+    return [by_key.get(key(item), _ABSENT) for item in items]
+
+
+def cel_failures(schema: dict[str, Any], value: Any, path: str, old: Any = _ABSENT) -> list[RuleFailure]:
+    """Every `x-kubernetes-validations` rule under `schema` that rejects `value` (already defaulted).
+
+    `old` is the value before an update (absent on create): transition rules (`oldSelf`) run only
+    where an old value correlates (apiextensions-apiserver pkg/apiserver/schema/cel/validation.go:
+    `validateExpressions` skips them otherwise; `validateMap` correlates object properties and map
+    keys, `validateArray` only items of `x-kubernetes-list-type: map` lists, by their keys).
+    A rule that cannot be evaluated is a failure, reported at the rule's node.
+    """
+    out: list[RuleFailure] = []
+    if value is None:
+        return out
+    has_old = old is not _ABSENT and old is not None
+    node_type = str(schema.get("type") or ("string" if schema.get("x-kubernetes-int-or-string") else "object"))
+    for rule in schema.get("x-kubernetes-validations", []):
+        transition = uses_old_self(rule["rule"])
+        if transition and not has_old:
+            continue
+        try:
+            ok = check_rule(rule["rule"], value, old if has_old else None, has_old=transition)
+        except RuleEvaluationError as exc:
+            out.append(
+                RuleFailure(
+                    path=path,
+                    node_path=path,
+                    node_type=node_type,
+                    rule=rule["rule"],
+                    message=f"{exc} evaluating rule: {_rule_text(rule)} (rule: {rule['rule'].strip()})",
+                    error=str(exc),
+                    transition=transition,
+                )
+            )
+            continue
+        if not ok:
+            out.append(
+                RuleFailure(
+                    path=path + rule.get("fieldPath", ""),
+                    node_path=path,
+                    node_type=node_type,
+                    rule=rule["rule"],
+                    message=_message(rule, value, old, has_old and transition),
+                    reason=rule.get("reason"),
+                    transition=transition,
+                )
+            )
     if isinstance(value, dict):
-        for name, sub in schema.get("properties", {}).items():
-            if name in value:
-                out.extend(_cel_problems(sub, value[name], f"{path}.{name}"))
-    elif isinstance(value, list) and "items" in schema:
-        for i, item in enumerate(value):
-            out.extend(_cel_problems(schema["items"], item, f"{path}[{i}]"))
+        old_map = old if isinstance(old, dict) else {}
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for name, child in value.items():
+            sub = props.get(name) if name in props else (extra if isinstance(extra, dict) else None)
+            if sub is None:
+                continue
+            child_path = f"{path}.{name}" if name in props else f"{path}[{name}]"
+            out.extend(cel_failures(sub, child, child_path, old_map.get(name, _ABSENT)))
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, (item, old_item) in enumerate(zip(value, _correlated_items(schema, value, old), strict=True)):
+            out.extend(cel_failures(schema["items"], item, f"{path}[{i}]", old_item))
     return out
+
+
+def _cel_problems(schema: dict[str, Any], value: Any, path: str) -> list[Problem]:
+    return [f.problem() for f in cel_failures(schema, value, path)]
 
 
 def _loc_to_path(loc: tuple[int | str, ...]) -> str:
@@ -155,7 +333,14 @@ def problems(doc: dict[str, Any]) -> list[Problem]:
     schema = crd.cached_openapi_schema()
     defaulted = apply_defaults(schema, copy.deepcopy(doc))
     if isinstance(defaulted.get("spec"), dict):
-        found.extend(_cel_problems(schema["properties"]["spec"], defaulted["spec"], "spec"))
+        schema_problems = bool(found)
+        for failure in cel_failures(schema["properties"]["spec"], defaulted["spec"], "spec"):
+            # A rule that cannot be evaluated rejects the object. When the schema layer already
+            # rejected a field, the evaluation error is most likely that problem seen again (a
+            # string where the rule compares numbers), so it is not listed twice; the API server
+            # likewise skips CEL once the schema check failed.
+            if failure.error is None or not schema_problems:
+                found.append(failure.problem())
     return found
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import Field
 
-from rayleigh_api.base import ApiModel, QUANTITY_PATTERN, Rule
+from rayleigh_api.base import QUANTITY_PATTERN, ApiModel, Rule
 
 
 class Autoscaling(ApiModel):
@@ -98,7 +98,6 @@ class Resources(ApiModel):
     )
 
 
-
 class Rollout(ApiModel):
     RULES: ClassVar[list[Rule]] = [
         Rule(
@@ -145,5 +144,3 @@ class ServingSpec(ApiModel):
     max_ongoing_requests: int | None = Field(
         default=None, ge=1, le=100000, description="Requests one replica accepts at once before queueing."
     )
-
-

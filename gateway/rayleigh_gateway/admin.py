@@ -1,5 +1,7 @@
 """The gateway's own endpoints: `GET /v1/models` (the models the caller may use), `/healthz` and
-`/readyz`, `/metrics` (Prometheus) and `/openapi.json`. The dispatch table in app.py routes them.
+`/readyz`, and `/openapi.json`. The dispatch table in app.py routes them. `/metrics` is not here:
+it shows key ids, subjects, client addresses and route names, so it is served on its own port
+(server.py's `MetricsServer`, `rayleigh gateway --metrics-port`), never on the API's.
 """
 
 from __future__ import annotations
@@ -67,19 +69,6 @@ async def list_models(scope: Scope, send: Send, compiled: Compiled, keys: KeySto
 async def health(scope: Scope, receive: Receive, send: Send) -> None:
     """`GET /healthz`, `GET /readyz`."""
     await send_json(send, 200, HEALTH_BODY)
-
-
-async def metrics(scope: Scope, receive: Receive, send: Send) -> None:
-    """`GET /metrics`: Prometheus text (all workers' when there are several)."""
-    body, ctype = m.render()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [(b"content-type", ctype.encode()), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 async def openapi(scope: Scope, receive: Receive, send: Send) -> None:

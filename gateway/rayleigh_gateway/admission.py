@@ -1,26 +1,47 @@
 """Admission of a proxied request, in order: the request headers, the body (size-limited), one
-JSON parse to read `model`, the route, the IP allow-list, the credentials (auth.py), and the
-rate limits (limits.py: what is charged; ratelimit.py: one Redis round trip). It fills in the
-`RequestContext` or raises the `GatewayError` to answer.
+JSON parse to read `model`, the model name's shape, the credentials (auth.py), the route, the IP
+allow-list, what the request may generate (limits.py) and the rate limits (ratelimit.py: one
+Redis round trip). It fills in the `RequestContext` or raises the `GatewayError` to answer.
+
+Nothing of the request reaches a metric label, a log line or a cache before it is checked: a
+model name must have the served-name shape (else 400), and a name no route serves is counted
+under `metrics.UNKNOWN_MODEL`. Callers are authenticated before the gateway says whether a
+model exists, so an unauthenticated caller gets the same 401 for every non-public model, known
+or not.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+from typing import Any
 
 import orjson
 
+from rayleigh_api import MODEL_NAME_PATTERN
+
 from . import metrics as m
 from .asgi import Receive, Scope
-from .auth import Caller, authenticate, verify_jwt
+from .auth import (
+    HIDDEN_REASONS,
+    Caller,
+    authenticate,
+    authenticate_unknown,
+    jwt_not_accepted,
+    verify_any_jwt,
+    verify_jwt,
+)
 from .compiled import PROXIED_PATHS, Compiled, CompiledRoute
 from .context import RequestContext
 from .errors import GatewayError
 from .keys import KeyStore
-from .limits import bucket_costs, limit_hit, rejection, request_estimate
+from .limits import bucket_costs, invalid_param, limit_hit, rejection, request_charge
 from .policy import address_allowed, client_address
 from .ratelimit import Decision, RateLimiter
+
+MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
+MAX_MODEL_NAME = 128
 
 
 def read_headers(scope: Scope) -> tuple[str | None, str | None, int | None, str | None]:
@@ -105,6 +126,63 @@ async def take(limiter: RateLimiter, cr: CompiledRoute, caller: Caller, estimate
     raise rejection(hit, decision, estimate)
 
 
+def model_not_found(model: str) -> GatewayError:
+    return GatewayError(
+        404,
+        f"The model '{model}' does not exist or you do not have access to it",
+        "invalid_request_error",
+        "model_not_found",
+        param="model",
+    )
+
+
+def checked_model(payload: dict[str, Any]) -> str:
+    """The request's model name, if it has the shape of a served name (else the 400)."""
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise GatewayError(
+            400, "'model' is required (a string)", "invalid_request_error", "missing_model", param="model"
+        )
+    if len(model) > MAX_MODEL_NAME or MODEL_NAME.fullmatch(model) is None:
+        raise invalid_param(
+            "model",
+            "Invalid 'model': expected a model name of letters, digits and . _ : / - (at most 128 characters)",
+            "invalid_model",
+        )
+    return model
+
+
+async def unknown_model(
+    ctx: RequestContext, model: str, compiled: Compiled, keys: KeyStore, cred: str | None
+) -> GatewayError:
+    """The answer for a model no route serves: the 401 a non-public model would give to a caller
+    without a valid credential, the 404 to one with."""
+    try:
+        caller = authenticate_unknown(bool(compiled.verifiers), keys, cred, time.time())
+        if caller is None:
+            assert cred is not None
+            caller = await verify_any_jwt(compiled.verifiers, cred)
+    except GatewayError as err:
+        m.auth_failures_c("", err.code).inc()
+        return err
+    ctx.caller = caller
+    return model_not_found(model)
+
+
+def forwarded_body(body: bytes, payload: dict[str, Any], writes: dict[str, Any]) -> bytes:
+    """The body to send upstream: `body` itself, or with `writes` applied. New fields are spliced
+    in before the closing brace (no re-serialization of a large prompt); changed ones re-serialize
+    the payload once."""
+    if not writes:
+        return body
+    if not any(name in payload for name in writes):
+        end = body.rindex(b"}")  # the object's closing brace: only whitespace may follow it
+        extra = b"".join(b',"%s":%s' % (name.encode(), orjson.dumps(value)) for name, value in writes.items())
+        return body[:end] + extra + body[end:]
+    payload.update(writes)
+    return orjson.dumps(payload)
+
+
 async def admit(
     ctx: RequestContext,
     compiled: Compiled,
@@ -122,20 +200,30 @@ async def admit(
         raise GatewayError(400, "Request body is not valid JSON", "invalid_request_error", "invalid_json") from None
     if not isinstance(payload, dict):
         raise GatewayError(400, "Request body must be a JSON object", "invalid_request_error", "invalid_json")
-    model = payload.get("model")
-    if not isinstance(model, str) or not model:
-        raise GatewayError(400, "'model' is required (a string)", "invalid_request_error", "missing_model")
-    ctx.model = model
+    model = checked_model(payload)
     cr = compiled.by_model.get(model)
     if cr is None:
-        raise GatewayError(
-            404,
-            f"The model '{model}' does not exist or you do not have access to it",
-            "invalid_request_error",
-            "model_not_found",
-        )
+        ctx.model = m.UNKNOWN_MODEL  # the metric label and audit field of every unserved name
+        raise await unknown_model(ctx, model, compiled, keys, cred)
+    ctx.model = model
     ctx.route = cr
     client = ctx.client
+    try:
+        caller = authenticate(cr, keys, cred, client, model, time.time())
+        if caller is None:
+            assert cred is not None
+            if cr.jwt is not None:
+                caller = await verify_jwt(cr, cred)
+            else:
+                # The same 401 as for an unknown model when no route accepts the token.
+                await verify_any_jwt(compiled.verifiers, cred)
+                raise jwt_not_accepted(model)
+    except GatewayError as err:
+        m.auth_failures_c(cr.key, err.code).inc()
+        if err.code in HIDDEN_REASONS and not cr.route.public:
+            raise model_not_found(model) from None
+        raise
+    ctx.caller = caller
     if cr.networks and not address_allowed(client, cr.networks):
         m.auth_failures_c(cr.key, "ip_not_allowed").inc()
         raise GatewayError(
@@ -144,25 +232,16 @@ async def admit(
             "permission_error",
             "ip_not_allowed",
         )
-    try:
-        caller = authenticate(cr, keys, cred, client, model, time.time())
-        if caller is None:
-            assert cred is not None
-            caller = await verify_jwt(cr, cred)
-    except GatewayError as err:
-        m.auth_failures_c(cr.key, err.code).inc()
-        raise
-    ctx.caller = caller
-    estimate = request_estimate(payload, len(body), limits.default_max_tokens, PROXIED_PATHS[ctx.path])
-    ctx.estimate = estimate
-    ctx.decision = await take(limiter, cr, caller, estimate, model)
-    if payload.get("stream") is True:
+    charge = request_charge(payload, len(body), PROXIED_PATHS[ctx.path], limits.default_max_tokens, cr.cap)
+    ctx.estimate = charge.tokens
+    ctx.decision = await take(limiter, cr, caller, charge.tokens, model)
+    writes = charge.writes
+    if charge.stream:
         ctx.stream = True
         opts = payload.get("stream_options")
         if not (isinstance(opts, dict) and opts.get("include_usage") is True):
-            payload["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
-            body = orjson.dumps(payload)
+            writes["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
             ctx.injected = True
-    ctx.body = body
+    ctx.body = forwarded_body(body, payload, writes)
     if compiled.config.log_prompts:
         ctx.prompt = payload

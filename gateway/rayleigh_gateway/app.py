@@ -3,9 +3,15 @@ and key reload, and the dispatch table that sends each path to its handler.
 
 Where the rest lives: admission.py (body, JSON, route, allow-list, auth.py, limits.py -> a
 context.py `RequestContext`), proxy.py (the upstream call, SSE relay, usage scanning), audit.py
-(usage recording and audit lines after the response), admin.py (/v1/models, health, /metrics,
+(usage recording and audit lines after the response), admin.py (/v1/models, health,
 OpenAPI), websocket.py (/v1/ws/chat over `Gateway.proxy`), compiled.py (the route config
-compiled for the request path), errors.py and asgi.py (shared by all of them).
+compiled for the request path), errors.py and asgi.py (shared by all of them), server.py (the
+uvicorn protocol with head limits, and the metrics server on its own port: /metrics is not served
+here, on the API port).
+
+Besides the dispatch, this module fences every proxied request: a deadline on reading the body
+(`limits.bodyTimeoutSeconds`, 408), the caller's concurrent streams (`limits.maxConcurrentStreams`
+or the key's own, 429), and JWKS URLs only on `jwksAllowedHosts` (other routes are refused).
 """
 
 from __future__ import annotations
@@ -17,20 +23,20 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from . import metrics as m
-from .admin import health, list_models, metrics, openapi
+from .admin import health, list_models, openapi
 from .admission import admit, client_of, read_headers
-from .asgi import Handler, Receive, Scope, Send, send_error
+from .asgi import Handler, Message, Receive, Scope, Send, send_error
 from .audit import Recorder
 from .compiled import PROXIED_PATHS, Compiled, compile_config
 from .context import RequestContext
 from .errors import GatewayError, method_not_allowed, not_found
+from .jwt_auth import JWKSCaches, JWKSFetcher, jwks_host_allowed
 from .keys import KeyStore, KeyStoreError, load_keys
 from .proxy import Upstream
 from .ratelimit import RateLimiter
-from .routes import ConfigError, GatewayConfig, config_files, load_config
+from .routes import ConfigError, GatewayConfig, Route, config_files, load_config
 from .websocket import handle_websocket
 
 log = logging.getLogger("rayleigh.gateway")
@@ -71,6 +77,10 @@ class Gateway:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.jwks_fetcher = JWKSFetcher()
+        self.jwks = JWKSCaches(self.jwks_fetcher)  # one cache per JWKS URL, kept across reloads
+        self.streams: dict[str, int] = {}  # caller ident -> streams open now (this process)
+        self.reading: set[BodyDeadline] = set()  # requests reading their body (deadline swept)
         self.compiled = self._compile(load_config(settings.config_path))
         self.keys = load_keys(settings.keys_path) if settings.keys_path else KeyStore.new()
         self._sigs = (_stat_sig(settings.config_path), _stat_sig(settings.keys_path))
@@ -93,7 +103,6 @@ class Gateway:
             "/v1/models": ("GET", self.models),
             "/healthz": ("GET", health),
             "/readyz": ("GET", health),
-            "/metrics": ("GET", metrics),
             "/openapi.json": ("GET", openapi),
         }
 
@@ -105,10 +114,10 @@ class Gateway:
     # ---------------------------------------------------------------- config and lifecycle
 
     def _compile(self, config: GatewayConfig) -> Compiled:
-        return compile_config(config, self._fetch_json)
-
-    async def _fetch_json(self, url: str) -> Any:
-        return await self.upstream.fetch_json(url)
+        config = admit_jwks_hosts(config)
+        compiled = compile_config(config, self.jwks)
+        self.jwks.retain(url for r in config.routes if (url := _jwks_url(r)))
+        return compiled
 
     def check_reload(self) -> bool:
         """Reload the config and key files if they changed; keep the old ones if invalid."""
@@ -117,6 +126,7 @@ class Gateway:
         if cfg_sig is not None and cfg_sig != self._sigs[0]:
             try:
                 self.compiled = self._compile(load_config(self.settings.config_path))
+                self.upstream.limits = self.compiled.config.limits  # for backends seen from now on
                 m.reloads_c("config", "ok").inc()
                 log.info("reloaded route config %s", self.settings.config_path)
                 changed = True
@@ -161,12 +171,18 @@ class Gateway:
             self.flusher.cancel()
         await self.flush()
         self.recorder.close()
+        self.jwks.cancel()
+        await self.jwks_fetcher.close()
         await self.upstream.close()
-        self.limiter.close()
+        await self.limiter.aclose()  # gives the leased shares back to Redis
 
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.flush_interval)
+            try:
+                sweep(self.reading)
+            except Exception:
+                log.exception("expiring slow request bodies failed")
             try:
                 await self.recorder.flush()
             except Exception:
@@ -194,7 +210,7 @@ class Gateway:
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         elif kind == "websocket":
-            await handle_websocket(self.proxy, scope, receive, send)
+            await handle_websocket(self.proxy, scope, receive, send, self.compiled.config.websocket_allowed_origins)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -218,9 +234,10 @@ class Gateway:
         cred, xff, length, rid = read_headers(scope)
         compiled = self.compiled
         self._rid += 1
+        body = BodyDeadline(receive, compiled.config.limits.body_timeout_seconds, self.reading)
         ctx = RequestContext(
             scope,
-            receive,
+            body,
             send,
             scope["path"],
             rid or f"{self._rid_prefix}-{self._rid}",
@@ -230,13 +247,155 @@ class Gateway:
         try:
             await admit(ctx, compiled, self.keys, self.limiter, cred, length)
         except GatewayError as err:
+            body.stop()
             await self.upstream.reject(ctx, err)
             return
-        await self.upstream.forward(ctx)
+        body.stop()
+        if not ctx.stream:
+            await self.upstream.forward(ctx)
+            return
+        # A stream holds a backend connection for its whole length: cap them per caller.
+        caller = ctx.caller
+        assert caller is not None
+        record = caller.record
+        cap = (record.max_concurrent_streams if record else None) or compiled.config.limits.max_concurrent_streams
+        ident = caller.ident
+        open_now = self.streams.get(ident, 0)
+        if cap and open_now >= cap:
+            m.rate_limited_c(ctx.route_key, ctx.model, "streams").inc()
+            self.recorder.settle(ctx, None, 429)  # give the tokens taken by admission back
+            await self.upstream.reject(ctx, too_many_streams(cap))
+            return
+        self.streams[ident] = open_now + 1
+        try:
+            await self.upstream.forward(ctx)
+        finally:
+            left = self.streams[ident] - 1
+            if left:
+                self.streams[ident] = left
+            else:
+                del self.streams[ident]
 
     async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
         """`GET /v1/models` with the current routes and keys."""
         await list_models(scope, send, self.compiled, self.keys)
+
+
+def too_many_streams(cap: int) -> GatewayError:
+    return GatewayError(
+        429,
+        f"Too many concurrent streams: at most {cap} at a time for this caller; retry when one ends",
+        "rate_limit_exceeded",
+        "too_many_streams",
+        [(b"retry-after", b"1")],
+    )
+
+
+class BodyDeadline:
+    """`receive` with one deadline for the whole request body: a 408 (connection closed) when the
+    body is not complete `seconds` after the first receive. Later receives (a stream's disconnect
+    watch) pass through untimed. No timer per request: while the body is read the request sits in
+    `reading`, which `sweep` (the gateway's 100 ms flush loop) checks."""
+
+    __slots__ = ("deadline", "done", "expired", "reading", "receive", "seconds", "waiting")
+
+    def __init__(self, receive: Receive, seconds: float, reading: set[BodyDeadline]) -> None:
+        self.receive = receive
+        self.seconds = seconds
+        self.reading = reading
+        self.deadline = 0.0  # time.monotonic() when the body must be complete; 0.0: not started
+        self.waiting: asyncio.Task[object] | None = None  # the task blocked in receive
+        self.expired = False
+        self.done = False
+
+    async def __call__(self) -> Message:
+        if self.done:
+            return await self.receive()
+        if self.expired:
+            raise self._timeout()
+        if not self.deadline:
+            self.deadline = time.monotonic() + self.seconds
+            self.reading.add(self)
+        task = self.waiting = asyncio.current_task()
+        try:
+            message = await self.receive()
+        except asyncio.CancelledError:
+            if self.expired and task is not None:
+                task.uncancel()
+                raise self._timeout() from None
+            raise
+        finally:
+            self.waiting = None
+        if not message.get("more_body", False):
+            self.stop()
+        return message
+
+    def stop(self) -> None:
+        """The body is read (or will not be): no deadline any more."""
+        self.done = True
+        self.reading.discard(self)
+
+    def expire(self) -> None:
+        self.expired = True
+        self.reading.discard(self)
+        if self.waiting is not None:
+            self.waiting.cancel()
+
+    def _timeout(self) -> GatewayError:
+        return GatewayError(
+            408,
+            f"Request body not received within {self.seconds:g} s",
+            "invalid_request_error",
+            "request_timeout",
+            [(b"connection", b"close")],
+        )
+
+
+def sweep(reading: set[BodyDeadline]) -> None:
+    """Expire the body reads past their deadline."""
+    if reading:
+        now = time.monotonic()
+        for late in [d for d in reading if d.deadline <= now]:
+            late.expire()
+
+
+def _jwks_url(route: Route) -> str | None:
+    jwt = route.auth.jwt
+    return jwt.jwks_url if jwt is not None else None
+
+
+def admit_jwks_hosts(config: GatewayConfig) -> GatewayConfig:
+    """`config` less the routes whose JWKS URL names a host outside `jwksAllowedHosts` (each refused
+    with a log line). An empty list allows any host, as before the setting existed (logged)."""
+    allowed = config.jwks_allowed_hosts
+    kept: list[Route] = []
+    for route in config.routes:
+        url = _jwks_url(route)
+        if url is None:
+            kept.append(route)
+        elif not allowed:
+            log.warning(
+                "route %s/%s fetches JWKS from %s and jwksAllowedHosts is empty (any host): list the "
+                "identity providers' hosts in jwksAllowedHosts",
+                route.namespace,
+                route.name,
+                url,
+            )
+            kept.append(route)
+        elif jwks_host_allowed(url, allowed):
+            kept.append(route)
+        else:
+            log.error(
+                "route %s/%s refused: its auth.jwt.jwksUrl %s is not on a host in jwksAllowedHosts %s; "
+                "its models are not served",
+                route.namespace,
+                route.name,
+                url,
+                allowed,
+            )
+    if len(kept) == len(config.routes):
+        return config
+    return config.model_copy(update={"routes": kept})
 
 
 def create_app(settings: Settings) -> Gateway:

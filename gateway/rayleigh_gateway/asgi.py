@@ -27,4 +27,4 @@ async def send_json(send: Send, status: int, body: bytes, headers: list[tuple[by
 
 async def send_error(send: Send, err: GatewayError, extra: list[tuple[bytes, bytes]] | None = None) -> None:
     headers = err.headers + (extra or [])
-    await send_json(send, err.status, error_body(err.message, err.type, err.code), headers)
+    await send_json(send, err.status, error_body(err.message, err.type, err.code, err.param), headers)

@@ -14,7 +14,7 @@ import orjson
 
 from . import metrics as m
 from .context import RequestContext
-from .ratelimit import USAGE_PREFIX, RateLimiter, Settler
+from .ratelimit import RateLimiter, Settler
 
 log = logging.getLogger("rayleigh.gateway")
 
@@ -56,8 +56,9 @@ class Recorder:
         assert caller is not None and ctx.decision is not None
         if usage is not None:
             prompt, completion = usage
-            m.tokens_c(caller.ident, model, "prompt").inc(prompt)
-            m.tokens_c(caller.ident, model, "completion").inc(completion)
+            route = ctx.route_key  # no per-caller label: per-caller usage is in Redis and the audit line
+            m.tokens_c(route, model, "prompt").inc(prompt)
+            m.tokens_c(route, model, "completion").inc(completion)
             actual = prompt + completion
         else:
             prompt = completion = 0
@@ -65,7 +66,7 @@ class Recorder:
         usage_fields = [(f"{model}|requests", 1)]
         if usage is not None:
             usage_fields += [(f"{model}|prompt_tokens", prompt), (f"{model}|completion_tokens", completion)]
-        self.settler.add(ctx.decision, estimate - actual, USAGE_PREFIX + caller.ident, usage_fields)
+        self.settler.add(ctx.decision, estimate - actual, caller.ident, usage_fields)
 
     def audit(
         self,

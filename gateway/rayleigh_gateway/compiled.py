@@ -1,9 +1,11 @@
 """The route config compiled for the request path: per route its parsed allow-list, JWT
-verifier, upstream URLs and the bucket lists cached per caller; the model -> route index.
+verifier, upstream URLs, token cap and the bucket lists cached per caller; the model -> route
+index (routes that lose a model name to an older route are left out, see `served_routes`).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from . import metrics as m
@@ -12,12 +14,15 @@ from .keys import KeyRecord
 from .limits import route_buckets
 from .policy import IPNetwork, parse_networks
 from .ratelimit import Bucket
-from .routes import GatewayConfig, Route
+from .routes import GatewayConfig, Route, RouteConflict, served_routes
 
+log = logging.getLogger("rayleigh.gateway")
+
+# path -> what it is: "chat" and "completions" generate tokens, "embeddings" does not.
 PROXIED_PATHS = {
-    "/v1/chat/completions": False,
-    "/v1/completions": False,
-    "/v1/embeddings": True,  # value: is embeddings (no completion tokens)
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
 }
 
 
@@ -28,6 +33,7 @@ class CompiledRoute:
     networks: tuple[IPNetwork, ...]
     jwt: JWTVerifier | None
     urls: dict[str, str]
+    cap: int | None = None  # most tokens one sequence may generate (maxTokens, maxModelLen), if known
     bucket_cache: dict[str, tuple[Bucket, ...]] = field(default_factory=dict)
 
     def buckets(self, ident: str, record: KeyRecord | None) -> tuple[Bucket, ...]:
@@ -44,28 +50,53 @@ class CompiledRoute:
 @dataclass(slots=True)
 class Compiled:
     config: GatewayConfig
-    routes: list[CompiledRoute]
+    routes: list[CompiledRoute]  # the served routes, in config order
     by_model: dict[str, CompiledRoute]
     trusted: tuple[IPNetwork, ...]
+    verifiers: tuple[JWTVerifier, ...] = ()  # one per distinct JWT config (for unknown models)
+    conflicts: tuple[RouteConflict, ...] = ()  # routes not served (a model name taken by an older route)
+
+
+def token_cap(route: Route) -> int | None:
+    caps = [c for c in (route.max_tokens, route.max_model_len) if c is not None]
+    return min(caps) if caps else None
 
 
 def compile_config(config: GatewayConfig, fetch: FetchJSON) -> Compiled:
-    """Compile `config`; `fetch` reads the JWKS of routes that verify JWTs against a JWKS URL."""
+    """Compile `config`; `fetch` reads the JWKS of routes that verify JWTs against a JWKS URL.
+    A route that claims a model name an older route serves is dropped (log line, metric)."""
+    served, conflicts = served_routes(config.routes)
+    for conflict in conflicts:
+        log.error("%s; fix one of the two ModelDeployments", conflict.describe())
     routes = []
     by_model: dict[str, CompiledRoute] = {}
-    for route in config.routes:
+    verifiers: dict[str, JWTVerifier] = {}
+    for route in served:
         jwt = None
         if route.auth.jwt is not None:
-            jwt = JWTVerifier(route.auth.jwt, fetch=fetch)
+            # Routes with the same JWT settings share one verifier (and one JWKS cache).
+            ident = route.auth.jwt.model_dump_json()
+            jwt = verifiers.get(ident)
+            if jwt is None:
+                jwt = verifiers[ident] = JWTVerifier(route.auth.jwt, fetch=fetch)
         cr = CompiledRoute(
             route=route,
             key=f"{route.namespace}/{route.name}",
             networks=parse_networks(route.allowed_cidrs),
             jwt=jwt,
             urls={p: route.backend + p for p in PROXIED_PATHS},
+            cap=token_cap(route),
         )
         routes.append(cr)
         for model in route.models:
             by_model[model] = cr
     m.ROUTES.set(len(routes))
-    return Compiled(config, routes, by_model, parse_networks(config.trusted_proxies))
+    m.ROUTE_CONFLICTS.set(len(conflicts))
+    return Compiled(
+        config,
+        routes,
+        by_model,
+        parse_networks(config.trusted_proxies),
+        tuple(verifiers.values()),
+        tuple(conflicts),
+    )

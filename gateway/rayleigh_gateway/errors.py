@@ -20,6 +20,7 @@ class GatewayError(Exception):
         type_: str,
         code: str,
         headers: list[tuple[bytes, bytes]] | None = None,
+        param: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -27,10 +28,11 @@ class GatewayError(Exception):
         self.type = type_
         self.code = code
         self.headers = headers or []
+        self.param = param  # the request field at fault, if one is
 
 
-def error_body(message: str, type_: str, code: str) -> bytes:
-    return orjson.dumps({"error": {"message": message, "type": type_, "code": code, "param": None}})
+def error_body(message: str, type_: str, code: str, param: str | None = None) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": type_, "code": code, "param": param}})
 
 
 def method_not_allowed(path: str, method: str) -> GatewayError:

@@ -40,6 +40,7 @@ class KeyRecord:
     expires_at: float | None = None  # unix seconds
     revoked: bool = False
     created_at: float = 0.0
+    max_concurrent_streams: int | None = None  # None: the gateway's limits.maxConcurrentStreams
 
     def allows(self, model: str) -> bool:
         return not self.models or model in self.models
@@ -61,6 +62,8 @@ class KeyRecord:
             limits["requestsPerMinute"] = self.requests_per_minute
         if self.tokens_per_minute is not None:
             limits["tokensPerMinute"] = self.tokens_per_minute
+        if self.max_concurrent_streams is not None:
+            limits["maxConcurrentStreams"] = self.max_concurrent_streams
         if limits:
             out["limits"] = limits
         out["expiresAt"] = _iso(self.expires_at) if self.expires_at is not None else None
@@ -126,6 +129,7 @@ class KeyStore:
         requests_per_minute: int | None = None,
         tokens_per_minute: int | None = None,
         expires_at: float | None = None,
+        max_concurrent_streams: int | None = None,
     ) -> tuple[str, KeyRecord]:
         key_id = secrets.token_hex(6)
         while key_id in self.records:
@@ -140,6 +144,7 @@ class KeyStore:
             tokens_per_minute=tokens_per_minute,
             expires_at=expires_at,
             created_at=float(int(time.time())),
+            max_concurrent_streams=max_concurrent_streams,
         )
         self.records[key_id] = record
         return key, record
@@ -195,6 +200,9 @@ class KeyStore:
                 expires_at=_parse_time(item.get("expiresAt"), f"{where}.expiresAt"),
                 revoked=bool(item.get("revoked", False)),
                 created_at=_parse_time(item.get("createdAt"), f"{where}.createdAt") or 0.0,
+                max_concurrent_streams=_opt_int(
+                    limits.get("maxConcurrentStreams"), f"{where}.limits.maxConcurrentStreams"
+                ),
             )
         return store
 

@@ -1,5 +1,10 @@
 """Prometheus metrics of the gateway (`rayleigh_gateway_*`, documented in docs/metrics/gateway.md).
 
+Every label value comes from the configuration or a fixed set, never from a request as sent: the
+`model` label is a configured model name, `UNKNOWN_MODEL` for names no route serves, or "" when
+the request named none (or an invalid one); there is no per-caller label (per-caller usage is in
+Redis and the audit line). Label children are cached forever, so this is what bounds them.
+
 With several uvicorn workers, `rayleigh gateway` sets PROMETHEUS_MULTIPROC_DIR before the
 workers start, and /metrics aggregates every worker's files (prometheus-client multiprocess mode).
 """
@@ -18,6 +23,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+UNKNOWN_MODEL = "unknown"  # the model label of requests for a (valid) name that no route serves
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 OVERHEAD_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
@@ -43,8 +50,8 @@ TTFB_SECONDS = Histogram(
 )
 TOKENS = Counter(
     "rayleigh_gateway_tokens_total",
-    "Tokens used, from the upstream's usage report, by caller and model.",
-    ["key_id", "model", "kind"],
+    "Tokens used, from the upstream's usage report, by route and model (per caller: Redis usage, audit).",
+    ["route", "model", "kind"],
 )
 RATE_LIMITED = Counter(
     "rayleigh_gateway_rate_limited_total",
@@ -89,6 +96,11 @@ REDIS_UP = Gauge(
     multiprocess_mode="livemin",
 )
 ROUTES = Gauge("rayleigh_gateway_routes", "Routes in the loaded config.", multiprocess_mode="livemax")
+ROUTE_CONFLICTS = Gauge(
+    "rayleigh_gateway_route_conflicts",
+    "Routes of the loaded config that are not served because an older route already serves one of their model names.",
+    multiprocess_mode="livemax",
+)
 
 
 class LabelCache:

@@ -44,10 +44,10 @@ def client_address(peer: str, forwarded_for: str | None, trusted: Sequence[IPNet
     for hop in reversed(hops):
         ip = parse_ip(hop)
         if ip is None:
-            return hop  # unparseable: treat as an untrusted client (fails any allow-list)
+            return hop[:64]  # unparseable: an untrusted client (fails any allow-list); bounded for logs
         if not in_networks(ip, trusted):
             return str(ip)
-    return hops[0] if hops else peer
+    return hops[0][:64] if hops else peer
 
 
 def address_allowed(address: str, networks: Sequence[IPNetwork]) -> bool:

@@ -2,24 +2,29 @@
 answer passed through (whole, or SSE events as they arrive, usage read on the way), the
 request's metrics, then usage and audit through the `Recorder`. Also the answer to a request
 that admission refused.
+
+Each backend has its own connection pool (`limits.upstreamConnections` connections), so slow
+streams of one model cannot take the connections of the others; and a stream whose client reads
+nothing for `limits.sendTimeoutSeconds` is cut, which releases its backend connection (the
+backend sees the cancel) instead of holding it for as long as the client likes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import aiohttp
 import orjson
 
 from . import metrics as m
-from .asgi import send_error
+from .asgi import Message, Send, send_error
 from .audit import Recorder
 from .context import RequestContext
 from .errors import GatewayError, error_body
 from .policy import ratelimit_headers, usage_from_json
 from .routes import Limits
+from .server import ABORT
 
 SSE_DATA = b"data: "
 # Upstream response headers not passed on (hop-by-hop, or rewritten by the gateway).
@@ -41,37 +46,48 @@ DROP_RESPONSE_HEADERS = frozenset(
 Headers = list[tuple[bytes, bytes]]
 
 
+class ClientTooSlow(Exception):
+    """The client read nothing of its answer for the send timeout."""
+
+
 class Upstream:
-    """The backends' connection pool and the requests in flight to them."""
+    """The backends' connection pools (one per backend) and the requests in flight to them."""
 
     def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder
-        self.session: aiohttp.ClientSession | None = None
+        self.sessions: dict[str, aiohttp.ClientSession] = {}  # backend base URL -> its pool
+        self.limits = Limits()
         self.in_flight = 0
 
     def open(self, limits: Limits) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=limits.upstream_connections, keepalive_timeout=60, ttl_dns_cache=60, enable_cleanup_closed=False
-        )
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=None, connect=limits.connect_timeout_seconds, sock_read=limits.read_timeout_seconds
-            ),
-            auto_decompress=True,
-            skip_auto_headers=("User-Agent",),
-        )
+        self.limits = limits
+
+    def session(self, backend: str) -> aiohttp.ClientSession:
+        """The pool of `backend`, made on first use with the limits current then."""
+        session = self.sessions.get(backend)
+        if session is None:
+            limits = self.limits
+            connector = aiohttp.TCPConnector(
+                limit=limits.upstream_connections,
+                limit_per_host=limits.upstream_connections,
+                keepalive_timeout=60,
+                ttl_dns_cache=60,
+                enable_cleanup_closed=False,
+            )
+            session = self.sessions[backend] = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(
+                    total=None, connect=limits.connect_timeout_seconds, sock_read=limits.read_timeout_seconds
+                ),
+                auto_decompress=True,
+                skip_auto_headers=("User-Agent",),
+            )
+        return session
 
     async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
-
-    async def fetch_json(self, url: str) -> Any:
-        """GET a JSON document over the pool (the JWKS of JWT routes)."""
-        assert self.session is not None
-        async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
-            resp.raise_for_status()
-            return orjson.loads(await resp.read())
+        sessions, self.sessions = list(self.sessions.values()), {}
+        for session in sessions:
+            await session.close()
 
     async def reject(self, ctx: RequestContext, err: GatewayError) -> None:
         """Answer a request that admission refused; count it and audit it."""
@@ -83,9 +99,9 @@ class Upstream:
 
     async def forward(self, ctx: RequestContext) -> int:
         """Send an admitted request upstream and its answer to the client; returns the status."""
-        session = self.session
         cr, decision, model, rid = ctx.route, ctx.decision, ctx.model, ctx.rid
-        assert session is not None and cr is not None and decision is not None
+        assert cr is not None and decision is not None
+        session = self.session(cr.route.backend)
         headers = {
             "Content-Type": "application/json",
             "Accept-Encoding": "identity",
@@ -148,7 +164,7 @@ class Upstream:
                     upstream_time = time.perf_counter() - t_up
                     out_headers = response_headers(resp, rid, rl_headers)
                     out_headers.append(ctx.overhead_header(upstream_time))
-                    usage, error_code = await relay_sse(ctx, resp, out_headers)
+                    usage, error_code = await relay_sse(ctx, resp, out_headers, self.limits.send_timeout_seconds)
             finally:
                 await resp_cm.__aexit__(None, None, None)
         except GatewayError as err:
@@ -181,12 +197,54 @@ def response_headers(resp: aiohttp.ClientResponse, rid: str, rl_headers: Headers
     return out
 
 
+class TimedSend:
+    """`send` that raises ClientTooSlow when one message has not been taken by the client after
+    `seconds` (uvicorn's send waits while the connection's write buffer is full). One watchdog
+    timer per stream, not one per message: a message costs two clock reads."""
+
+    __slots__ = ("fired", "handle", "loop", "seconds", "send", "started", "task")
+
+    def __init__(self, send: Send, seconds: float) -> None:
+        self.send = send
+        self.seconds = seconds
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        self.started = 0.0  # loop time the send in progress began; 0.0: none
+        self.fired = False
+        self.handle = self.loop.call_later(seconds, self._check)
+
+    async def __call__(self, message: Message) -> None:
+        self.started = self.loop.time()
+        try:
+            await self.send(message)
+        except asyncio.CancelledError:
+            if self.fired and self.task is not None:
+                self.task.uncancel()
+                raise ClientTooSlow from None
+            raise
+        finally:
+            self.started = 0.0
+
+    def _check(self) -> None:
+        started = self.started
+        if started and self.loop.time() - started >= self.seconds and self.task is not None:
+            self.fired = True
+            self.task.cancel()  # lands in the blocked send (the only place it can be now)
+            return
+        wait = self.seconds - (self.loop.time() - started) if started else self.seconds
+        self.handle = self.loop.call_later(max(wait, 0.05), self._check)
+
+    def close(self) -> None:
+        self.handle.cancel()
+
+
 async def relay_sse(
-    ctx: RequestContext, resp: aiohttp.ClientResponse, out_headers: Headers
+    ctx: RequestContext, resp: aiohttp.ClientResponse, out_headers: Headers, send_timeout: float = 30.0
 ) -> tuple[tuple[int, int] | None, str | None]:
-    """Pass SSE events through as they arrive; read the usage event; stop on disconnect.
-    Returns (usage, error code)."""
-    receive, send = ctx.receive, ctx.send
+    """Pass SSE events through as they arrive; read the usage event; stop on disconnect, or cut a
+    client that does not read for `send_timeout` seconds. Returns (usage, error code)."""
+    receive = ctx.receive
+    send = timed = TimedSend(ctx.send, send_timeout)
     cr = ctx.route
     assert cr is not None
     task = asyncio.current_task()
@@ -251,9 +309,18 @@ async def relay_sse(
         m.disconnects_c(cr.key).inc()
         error_code = "client_disconnected"
         resp.close()  # drop the upstream connection: the backend sees the cancel
+    except ClientTooSlow:
+        state["done"] = True
+        m.disconnects_c(cr.key).inc()
+        error_code = "client_too_slow"
+        resp.close()  # release the backend connection (the backend sees the cancel)
+        abort = ctx.scope.get(ABORT)
+        if abort is not None:
+            abort()  # drop the client's connection (server.py); elsewhere uvicorn closes it
     finally:
         state["done"] = True
         watcher.cancel()
+        timed.close()
     return usage, error_code
 
 

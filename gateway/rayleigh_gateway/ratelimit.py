@@ -1,18 +1,27 @@
-"""Token-bucket rate limits in Redis: one atomic Lua call per request, shared by all replicas.
+"""Token-bucket rate limits shared by all gateway processes through Redis, admitted locally.
 
-Each limit "N per minute" is a bucket of capacity N (the burst) refilled at N/60 per second.
-A request takes 1 from each request bucket and its token estimate (prompt estimate +
-max_tokens) from each token bucket, all or nothing, in one EVALSHA. When the response ends the
-token buckets are corrected with the real usage (another script, off the request path).
-Redis's own clock (TIME) is used, so replicas with skewed clocks still share one budget.
+Each limit "N per minute" is a bucket of capacity N (the burst) refilled at N/60 per second,
+kept in Redis and computed with Redis's own clock (TIME), so processes with skewed clocks share
+one budget. A request takes 1 from each request bucket and its token estimate (prompt estimate +
+max_tokens) from each token bucket, all or nothing.
+
+No Redis round trip on the request path: each process admits from local shares of the buckets
+that it leased from Redis ahead of need (leases.py: the bookkeeping; docs/GATEWAY.md: the math).
+Only when the shares cannot cover a request (a cold bucket, an empty share, a bucket too small
+to lease) does the request wait for one EVALSHA, which takes what the shares do not cover and
+leases more on top in the same atomic step. Shares are refilled in the background before they
+run out and given back when idle and at shutdown. When the response ends the token buckets are
+corrected with the real usage (batched, off the request path; a debt is carried, never clamped).
 
 When Redis is unreachable the limiter reports it; the gateway then either keeps limiting with an
-in-memory limiter with the same math, per replica (failMode closed, the default) or admits
-without limits (failMode open), and tries Redis again after a short back-off.
+in-memory limiter with the same math, per process (failMode closed, the default) or admits
+without limits (failMode open), and tries Redis again after a short back-off. Tokens already in
+a share were taken from Redis before it went away and are still admitted from.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import math
@@ -20,12 +29,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .resp import RedisError, RespClient
+from .leases import LeaseBook, LeaseConfig, RefillPlan, Reservation, Share
+from .redis_conn import RedisOptions, RespClient
+from .resp import RedisError
+from .usage import USAGE_PREFIX, usage_prefixes
 
 log = logging.getLogger("rayleigh.gateway")
 
-# KEYS: n bucket keys. ARGV: per bucket (capacity, refill per ms, cost).
-# Returns {admitted, wait_ms (-1: never fits), level_1, ..., level_n} (levels after the take).
+# KEYS: n bucket keys. ARGV per bucket: capacity, refill per ms, need (taken from the bucket or
+# the request is refused), want (leased on top when the request is admitted, as far as the
+# bucket has tokens). A bucket in debt (level below 0, see SETTLE) admits nothing until refilled.
+# Returns {admitted, wait_ms, level_1..n (after the take), grant_1..n}.
 TAKE_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -33,65 +47,84 @@ local n = #KEYS
 local levels = {}
 local ok = 1
 local wait = 0
-local never = false
 for i = 1, n do
-  local cap = tonumber(ARGV[3*i-2])
-  local rate = tonumber(ARGV[3*i-1])
-  local cost = tonumber(ARGV[3*i])
+  local cap = tonumber(ARGV[4*i-3])
+  local rate = tonumber(ARGV[4*i-2])
+  local need = tonumber(ARGV[4*i-1])
   local v = redis.call('HMGET', KEYS[i], 't', 'l')
   local l = cap
   if v[1] then
     l = math.min(cap, tonumber(v[2]) + math.max(0, now - tonumber(v[1])) * rate)
   end
   levels[i] = l
-  if l < cost then
+  if need > 0 and l < need then
     ok = 0
-    if cost > cap then
-      never = true
-    else
-      local w = math.ceil((cost - l) / rate)
-      if w > wait then wait = w end
-    end
+    local w = math.ceil((need - l) / rate)
+    if w > wait then wait = w end
   end
 end
-if never then wait = -1 end
 local out = {ok, wait}
 for i = 1, n do
   local l = levels[i]
+  local g = 0
   if ok == 1 then
-    local cap = tonumber(ARGV[3*i-2])
-    local rate = tonumber(ARGV[3*i-1])
-    l = l - tonumber(ARGV[3*i])
-    redis.call('HSET', KEYS[i], 't', now, 'l', l)
-    redis.call('PEXPIRE', KEYS[i], math.ceil(cap / rate) + 1000)
+    local cap = tonumber(ARGV[4*i-3])
+    local rate = tonumber(ARGV[4*i-2])
+    local need = tonumber(ARGV[4*i-1])
+    local want = tonumber(ARGV[4*i])
+    if want > 0 and l - need >= 1 then
+      g = math.min(want, math.floor(l - need))
+    end
+    if need + g > 0 then
+      l = l - need - g
+      redis.call('HSET', KEYS[i], 't', now, 'l', l)
+      redis.call('PEXPIRE', KEYS[i], math.ceil((cap - l) / rate) + 1000)
+    end
   end
   out[i + 2] = math.floor(l)
+  out[n + 2 + i] = g
 end
 return out
 """
 
-# Batched corrections, written every ~100 ms by the gateway (never on the request path).
-# KEYS: n token-bucket keys, then usage hashes. ARGV: n, then (capacity, delta) per bucket
-# (delta > 0 refunds an over-estimate), then per usage hash: field count, field/increment pairs.
+# Batched every ~100 ms (never on the request path): token corrections, shares given back, usage.
+# KEYS: n bucket keys, then usage hashes. ARGV: n, then per bucket (capacity, refill per ms,
+# delta: > 0 a refund or a returned share, < 0 a debt), then per usage hash: TTL seconds, field
+# count, field/increment pairs. A debt is carried (the level may go below 0 and even below
+# -capacity, delaying the caller's next requests by as long as it takes to refill); a refund
+# never lifts a bucket above its capacity. A missing bucket is full: only a debt creates it.
+# Every key written gets a TTL: a bucket's is the time until it would be full again.
 SETTLE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = tonumber(ARGV[1])
 local a = 2
 for i = 1, n do
   local cap = tonumber(ARGV[a])
-  local delta = tonumber(ARGV[a + 1])
-  a = a + 2
-  local l = redis.call('HGET', KEYS[i], 'l')
+  local rate = tonumber(ARGV[a + 1])
+  local delta = tonumber(ARGV[a + 2])
+  a = a + 3
+  local v = redis.call('HMGET', KEYS[i], 't', 'l')
+  local l = nil
+  if v[1] then
+    l = math.min(cap, math.min(cap, tonumber(v[2]) + math.max(0, now - tonumber(v[1])) * rate) + delta)
+  elseif delta < 0 then
+    l = cap + delta
+  end
   if l then
-    redis.call('HSET', KEYS[i], 'l', math.max(-cap, math.min(cap, tonumber(l) + delta)))
+    redis.call('HSET', KEYS[i], 't', now, 'l', l)
+    redis.call('PEXPIRE', KEYS[i], math.ceil((cap - l) / rate) + 1000)
   end
 end
 for j = n + 1, #KEYS do
-  local m = tonumber(ARGV[a])
-  a = a + 1
+  local ttl = tonumber(ARGV[a])
+  local m = tonumber(ARGV[a + 1])
+  a = a + 2
   for k = 1, m do
     redis.call('HINCRBY', KEYS[j], ARGV[a], ARGV[a + 1])
     a = a + 2
   end
+  redis.call('EXPIRE', KEYS[j], ttl)
 end
 return n
 """
@@ -99,8 +132,8 @@ return n
 TAKE_SHA = hashlib.sha1(TAKE_SCRIPT.encode()).hexdigest()
 SETTLE_SHA = hashlib.sha1(SETTLE_SCRIPT.encode()).hexdigest()
 
-USAGE_PREFIX = "rayleigh:usage:"
 BUCKET_PREFIX = "rayleigh:rl:"
+MAINTAIN_EVERY = 0.5  # seconds between looks for idle shares
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +155,7 @@ class Decision:
     wait_ms: int  # -1: the request can never fit (cost above capacity)
     buckets: Sequence[Bucket]
     levels: Sequence[int]
-    backend: str  # "redis" | "local" | "none"
+    backend: str  # "lease" (local share) | "redis" | "local" (in-memory fallback) | "none"
 
 
 def take_local(
@@ -155,34 +188,43 @@ def take_local(
 
 
 def settle_local(state: dict[str, tuple[float, float]], buckets: Sequence[Bucket], delta: int) -> None:
+    """A correction on the in-memory buckets: a debt is carried, a refund stops at the capacity."""
     for bucket in buckets:
         prev = state.get(bucket.key)
         if prev is not None:
-            cap = bucket.per_minute
-            state[bucket.key] = (prev[0], max(-cap, min(cap, prev[1] + delta)))
+            state[bucket.key] = (prev[0], min(bucket.per_minute, prev[1] + delta))
 
 
 class RateLimiter:
-    """Takes from the buckets in Redis; `take_fallback` is the in-memory limiter (failMode closed)."""
+    """Admits from the local shares (leases.py), else takes from the buckets in Redis;
+    `take_fallback` is the in-memory limiter (failMode closed)."""
 
     def __init__(
         self,
-        redis_url: str | None,
+        redis: RedisOptions | str | None,
         timeout: float = 0.25,
         retry_after_failure: float = 1.0,
         on_error: Callable[[str], None] | None = None,
         on_state: Callable[[bool], None] | None = None,
+        leases: LeaseConfig | None = None,
     ) -> None:
-        self.client = RespClient(redis_url, connect_timeout=timeout, timeout=timeout) if redis_url else None
+        # A URL string takes the other Redis settings (TLS files, ACL user, Sentinel) from the
+        # environment `rayleigh gateway` set from its flags.
+        options = RedisOptions.from_env(redis) if isinstance(redis, str) else redis
+        self.options = options
+        self.client = RespClient(options, connect_timeout=timeout, timeout=timeout) if options else None
         self.timeout = timeout
         self.retry_after_failure = retry_after_failure
         self.local: dict[str, tuple[float, float]] = {}
         self.down_until = 0.0
         self.redis_up = self.client is not None
-        self._loaded = False
         self.error_count = 0
         self.on_error = on_error
         self.on_state = on_state
+        self.book = LeaseBook(leases or LeaseConfig.from_env())
+        self.corrections: dict[str, list[float]] = {}  # bucket key -> [capacity, refill per ms, delta]
+        self._refill_task: asyncio.Task[None] | None = None
+        self._maintained = 0.0
 
     async def _evalsha(self, sha: str, script: str, keys: Sequence[str], args: Sequence[object]) -> object:
         assert self.client is not None
@@ -192,7 +234,7 @@ class RateLimiter:
         except RedisError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-        await self.client.execute("SCRIPT", "LOAD", script)  # after a Redis restart
+        await self.client.execute("SCRIPT", "LOAD", script)  # after a Redis restart or a failover
         return await self.client.execute(*cmd)  # type: ignore[arg-type]
 
     def _mark_down(self, exc: BaseException, op: str) -> None:
@@ -222,27 +264,169 @@ class RateLimiter:
     def redis_available(self) -> bool:
         return self.client is not None and time.monotonic() >= self.down_until
 
+    # ------------------------------------------------------------ the request path
+
     async def take(self, buckets: Sequence[Bucket], costs: Sequence[int]) -> Decision | None:
-        """A decision from Redis, or None when Redis cannot be reached (caller applies failMode)."""
+        """A decision from the local shares or Redis, or None when Redis cannot be reached and
+        the shares do not cover the request (the caller applies failMode)."""
         if not buckets:
             return Decision(True, 0, (), (), "none")
+        now = time.monotonic()
+        book = self.book
+        levels = book.take(buckets, costs, now)
+        if levels is not None:
+            if book.low and self._refill_task is None and self.redis_available():
+                self._refill_task = asyncio.get_running_loop().create_task(self._refill())
+            return Decision(True, 0, buckets, levels, "lease")
+        for bucket, cost in zip(buckets, costs, strict=True):
+            if cost > bucket.per_minute:  # can never fit: no need to ask Redis
+                return Decision(False, -1, buckets, [self._known_level(b) for b in buckets], "redis")
         if not self.redis_available():
             return None
-        args: list[object] = []
-        for bucket, cost in zip(buckets, costs, strict=True):
-            args += (bucket.per_minute, repr(bucket.rate_per_ms), cost)
+        for _ in range(4):  # a lease in flight may cover this request: wait for it, not for Redis
+            landing = book.waiting_for(buckets, costs)
+            if landing is None:
+                break
+            await asyncio.shield(landing)
+            levels = book.take(buckets, costs, time.monotonic())
+            if levels is not None:
+                return Decision(True, 0, buckets, levels, "lease")
+        res = book.reserve(buckets, costs, time.monotonic())
+        landing = self._landing([s for s, w in zip(res.shares, res.wants, strict=True) if w and s is not None])
         try:
-            reply = await self._evalsha(TAKE_SHA, TAKE_SCRIPT, [b.key for b in buckets], args)
+            reply = await self._evalsha(TAKE_SHA, TAKE_SCRIPT, [b.key for b in buckets], self._take_args(buckets, res))
         except (RedisError, OSError, TimeoutError) as exc:
+            book.restore(res)
             self._mark_down(exc, "take")
             return None
+        finally:
+            self._landed(landing)
         self._mark_up()
         assert isinstance(reply, list)
-        return Decision(bool(reply[0]), int(reply[1]), buckets, reply[2:], "redis")
+        n = len(buckets)
+        admitted = bool(reply[0])
+        levels = book.finish(res, admitted, reply[2 : 2 + n], reply[2 + n :])
+        return Decision(admitted, int(reply[1]), buckets, levels, "redis")
+
+    @staticmethod
+    def _landing(shares: Sequence[Share]) -> tuple[asyncio.Future[None], Sequence[Share]] | None:
+        """A future that requests short of these shares can wait for (done when the lease lands)."""
+        if not shares:
+            return None
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for share in shares:
+            share.waiter = fut
+        return fut, shares
+
+    @staticmethod
+    def _landed(landing: tuple[asyncio.Future[None], Sequence[Share]] | None) -> None:
+        if landing is None:
+            return
+        fut, shares = landing
+        for share in shares:
+            if share.waiter is fut:
+                share.waiter = None
+        fut.set_result(None)
+
+    @staticmethod
+    def _take_args(buckets: Sequence[Bucket], res: Reservation) -> list[object]:
+        args: list[object] = []
+        for bucket, need, want in zip(buckets, res.needs, res.wants, strict=True):
+            args += (bucket.per_minute, repr(bucket.rate_per_ms), need, want)
+        return args
+
+    def _known_level(self, bucket: Bucket) -> int:
+        share = self.book.shares.get(bucket.key)
+        return bucket.per_minute if share is None else share.redis_level + share.level
 
     def take_fallback(self, buckets: Sequence[Bucket], costs: Sequence[int]) -> Decision:
         ok, wait, levels = take_local(self.local, time.monotonic() * 1000.0, buckets, costs)
         return Decision(ok, wait, buckets, [math.floor(v) for v in levels], "local")
+
+    # ------------------------------------------------------------ shares: refill, return
+
+    async def _refill(self) -> None:
+        """Top up the shares that fell below half their target (one script call for all)."""
+        try:
+            book = self.book
+            while book.low and self.redis_available():
+                plan: RefillPlan = book.refill_plan(time.monotonic())
+                if not plan.keys:
+                    break
+                args: list[object] = []
+                for share, want in zip(plan.shares, plan.wants, strict=True):
+                    args += (share.cap, repr(share.rate), 0, want)
+                landing = self._landing(plan.shares)
+                try:
+                    reply = await self._evalsha(TAKE_SHA, TAKE_SCRIPT, plan.keys, args)
+                except (RedisError, OSError, TimeoutError) as exc:
+                    book.refill_failed(plan)
+                    self._mark_down(exc, "take")
+                    break
+                finally:
+                    self._landed(landing)
+                self._mark_up()
+                assert isinstance(reply, list)
+                n = len(plan.keys)
+                book.refill_done(plan, reply[2 : 2 + n], reply[2 + n :])
+        finally:
+            self._refill_task = None
+
+    def correct(self, key: str, cap: int, rate: float, delta: float) -> None:
+        """Queue a correction of a Redis bucket (written by the next flush)."""
+        entry = self.corrections.get(key)
+        if entry is None:
+            if len(self.corrections) < Settler.MAX_PENDING_KEYS:
+                self.corrections[key] = [cap, rate, delta]
+        else:
+            entry[2] += delta
+
+    def _give_back(self, shares: list[tuple[str, Share]]) -> None:
+        for key, share in shares:
+            if share.level > 0:
+                self.correct(key, share.cap, share.rate, share.level)
+
+    def maintain(self, now: float | None = None) -> None:
+        """Give the shares idle for `idle_seconds` back (as corrections written by the flush)."""
+        now = time.monotonic() if now is None else now
+        if now - self._maintained < MAINTAIN_EVERY or not self.book.shares:
+            return
+        self._maintained = now
+        self._give_back(self.book.idle(now))
+
+    async def write(self, usage: dict[str, dict[str, int]] | None = None, now: float | None = None) -> bool:
+        """Write the queued corrections and the usage counters (`ident -> field -> increment`,
+        into the hour/day/month keys of `now`) in one script call. False when Redis failed
+        (usage is then the caller's to keep)."""
+        corrections, self.corrections = self.corrections, {}
+        usage = usage or {}
+        if not corrections and not usage:
+            return True
+        keys: list[str] = list(corrections)
+        args: list[object] = [len(corrections)]
+        for cap, rate, delta in corrections.values():
+            args += (int(cap), repr(rate), int(delta))
+        prefixes = usage_prefixes(time.time() if now is None else now)
+        for ident, counters in usage.items():
+            for prefix, ttl in prefixes:
+                keys.append(prefix + ident)
+                args += (ttl, len(counters))
+                for name, inc in counters.items():
+                    args += (name, inc)
+        try:
+            await self._evalsha(SETTLE_SHA, SETTLE_SCRIPT, keys, args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            # Corrections and returned shares are dropped (the buckets refill anyway).
+            self._mark_down(exc, "settle")
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        """At shutdown: give every share back and write what is queued, then close."""
+        if self.client is not None and self.redis_available():
+            self._give_back(self.book.drain())
+            await self.write()
+        self.close()
 
     def close(self) -> None:
         if self.client is not None:
@@ -251,57 +435,48 @@ class RateLimiter:
 
 class Settler:
     """Collects token corrections and usage counters per request (cheap, synchronous) and writes
-    them to Redis in one script call per flush, so the request path has one Redis round trip."""
+    them to Redis in one script call per flush, so nothing of this is on the request path."""
 
     MAX_PENDING_KEYS = 10_000
 
     def __init__(self, limiter: RateLimiter) -> None:
         self.limiter = limiter
-        self.buckets: dict[str, list[int]] = {}  # key -> [capacity, delta]
-        self.usage: dict[str, dict[str, int]] = {}
+        self.usage: dict[str, dict[str, int]] = {}  # ident -> field -> increment
 
-    def add(self, decision: Decision, delta: int, usage_key: str | None, fields: Sequence[tuple[str, int]]) -> None:
+    def add(self, decision: Decision, delta: int, ident: str | None, fields: Sequence[tuple[str, int]]) -> None:
+        """`delta` (estimate - actual tokens) corrects the token buckets the request took from;
+        `fields` count into the caller's usage (`ident`: key id, JWT subject or client address)."""
+        limiter = self.limiter
         if delta:
             token_buckets = [b for b in decision.buckets if b.tokens]
             if decision.backend == "local":
-                settle_local(self.limiter.local, token_buckets, delta)
-            elif decision.backend == "redis":
+                settle_local(limiter.local, token_buckets, delta)
+            elif decision.backend in ("redis", "lease"):
                 for b in token_buckets:
-                    entry = self.buckets.get(b.key)
-                    if entry is None:
-                        self.buckets[b.key] = [b.per_minute, delta]
-                    else:
-                        entry[1] += delta
-        if usage_key and self.limiter.client is not None and len(self.usage) < self.MAX_PENDING_KEYS:
-            counters = self.usage.get(usage_key)
+                    limiter.correct(b.key, b.per_minute, b.rate_per_ms, delta)
+        if ident and ident.startswith(USAGE_PREFIX):  # the key name an older caller passed
+            ident = ident[len(USAGE_PREFIX) :]
+        if ident and limiter.client is not None and len(self.usage) < self.MAX_PENDING_KEYS:
+            counters = self.usage.get(ident)
             if counters is None:
-                counters = self.usage[usage_key] = {}
+                counters = self.usage[ident] = {}
             for name, inc in fields:
                 counters[name] = counters.get(name, 0) + inc
 
     def pending(self) -> bool:
-        return bool(self.buckets or self.usage)
+        return bool(self.limiter.corrections or self.usage)
 
     async def flush(self) -> None:
-        if not self.pending() or not self.limiter.redis_available():
+        limiter = self.limiter
+        limiter.maintain()
+        if not self.pending() or not limiter.redis_available():
             return
-        buckets, usage = self.buckets, self.usage
-        self.buckets, self.usage = {}, {}
-        args: list[object] = [len(buckets)]
-        for cap, delta in buckets.values():
-            args += (cap, delta)
-        for counters in usage.values():
-            args.append(len(counters))
-            for name, inc in counters.items():
-                args += (name, inc)
-        try:
-            await self.limiter._evalsha(SETTLE_SHA, SETTLE_SCRIPT, [*buckets, *usage], args)
-        except (RedisError, OSError, TimeoutError) as exc:
-            self.limiter._mark_down(exc, "settle")
-            # Corrections go stale (buckets refill anyway); usage counters are kept for later.
-            for key, counters in usage.items():
+        usage, self.usage = self.usage, {}
+        if not await limiter.write(usage):
+            # Usage counters are kept for later (they land in the period of that later write).
+            for ident, counters in usage.items():
                 if len(self.usage) >= self.MAX_PENDING_KEYS:
                     break
-                mine = self.usage.setdefault(key, {})
+                mine = self.usage.setdefault(ident, {})
                 for name, inc in counters.items():
                     mine[name] = mine.get(name, 0) + inc

@@ -1,10 +1,11 @@
-"""A small pipelined Redis (RESP2) client for the gateway's request path.
+"""The RESP2 protocol of the gateway's own small pipelined Redis client: command encoding,
+reply parsing and the asyncio protocol that resolves futures in reply order (which is what
+Redis guarantees). The connection itself (TLS, ACL user, Sentinel, reconnects) is
+`redis_conn.RespClient`.
 
-The gateway sends exactly one command per request to Redis (an EVALSHA of the token-bucket
-script). redis-py's asyncio client spends about 25-60 us of Python per command on this machine
-(connection pool, command packing, reply parsing); this client writes the command straight to
-one shared connection and resolves futures in reply order, which is what Redis guarantees.
-It speaks to a real Redis server; everything else (CLI usage queries) uses redis-py.
+redis-py's asyncio client spends about 25-60 us of Python per command on this machine
+(connection pool, command packing, reply parsing); this client writes commands straight to one
+shared connection and coalesces the commands of one event-loop iteration into one write.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import collections
 from typing import Any
-from urllib.parse import urlparse
 
 RespValue = Any
 
@@ -22,7 +22,24 @@ class RedisError(Exception):
 
 
 class RedisConnectionError(RedisError):
-    pass
+    """The connection failed or was lost (also: TLS, credentials, or no master from Sentinel)."""
+
+
+class RedisClusterError(RedisError):
+    """The server is a Redis Cluster node (MOVED/ASK/CLUSTERDOWN reply, or cluster_enabled:1)."""
+
+
+CLUSTER_MESSAGE = (
+    "Redis Cluster is not supported: one rate-limit script touches several buckets (per caller, "
+    "per key, per model) that would hash to different slots; use a single Redis, or Sentinel for HA"
+)
+
+
+def error_reply(text: str) -> RedisError:
+    """The exception for an error reply; replies that only a cluster sends get a clear message."""
+    if text.startswith(("MOVED ", "ASK ", "CLUSTERDOWN", "CROSSSLOT")):
+        return RedisClusterError(f"{CLUSTER_MESSAGE} (server replied {text.split(' ', 1)[0]})")
+    return RedisError(text)
 
 
 def encode_command(*args: bytes | str | int | float) -> bytes:
@@ -57,7 +74,7 @@ def parse_reply(buf: bytes | bytearray, pos: int) -> tuple[RespValue, int]:
     if kind == 43:  # '+'
         return line.decode(), nxt
     if kind == 45:  # '-'
-        return RedisError(line.decode()), nxt
+        return error_reply(line.decode()), nxt
     if kind == 36:  # '$'
         n = int(line)
         if n < 0:
@@ -132,86 +149,3 @@ class _Protocol(asyncio.Protocol):
             fut = self.waiters.popleft()
             if not fut.done():
                 fut.set_exception(exc)
-
-
-def _expire(futs: list[asyncio.Future[RespValue]]) -> None:
-    for fut in futs:
-        if not fut.done():
-            fut.set_exception(TimeoutError("redis did not answer in time"))
-
-
-class RespClient:
-    """One pipelined connection, reopened lazily after a failure."""
-
-    def __init__(self, url: str, connect_timeout: float = 0.5, timeout: float = 0.5) -> None:
-        parsed = urlparse(url)
-        if parsed.scheme not in ("redis", ""):
-            raise ValueError(f"only redis:// URLs are supported, got {url!r}")
-        self.host = parsed.hostname or "127.0.0.1"
-        self.port = parsed.port or 6379
-        self.db = int((parsed.path or "/0").lstrip("/") or 0)
-        self.password = parsed.password
-        self.username = parsed.username
-        self.connect_timeout = connect_timeout
-        self.timeout = timeout
-        self._proto: _Protocol | None = None
-        self._connecting: asyncio.Lock | None = None
-
-    async def _connect(self) -> _Protocol:
-        if self._connecting is None:
-            self._connecting = asyncio.Lock()
-        async with self._connecting:
-            if self._proto is not None and not self._proto.closed:
-                return self._proto
-            loop = asyncio.get_running_loop()
-            try:
-                _, proto = await asyncio.wait_for(
-                    loop.create_connection(_Protocol, self.host, self.port), self.connect_timeout
-                )
-            except (OSError, TimeoutError) as exc:
-                raise RedisConnectionError(f"cannot connect to redis at {self.host}:{self.port}: {exc}") from None
-            setup: list[tuple[bytes | str | int, ...]] = []
-            if self.password:
-                setup.append(("AUTH", self.username, self.password) if self.username else ("AUTH", self.password))
-            if self.db:
-                setup.append(("SELECT", self.db))
-            self._proto = proto
-            for cmd in setup:
-                await self._send(proto, encode_command(*cmd))
-            return proto
-
-    async def _send(self, proto: _Protocol, payload: bytes, replies: int = 1) -> RespValue:
-        assert proto.transport is not None
-        loop = asyncio.get_running_loop()
-        futs = [loop.create_future() for _ in range(replies)]
-        proto.waiters.extend(futs)
-        proto.queue(payload)
-        # A timer instead of asyncio.wait_for, which wraps the await in a new task (costly here).
-        # A late reply still pops its (already failed) future, so replies stay in order.
-        timer = loop.call_later(self.timeout, _expire, futs)
-        try:
-            if replies == 1:
-                return await futs[0]
-            return [await f for f in futs]
-        finally:
-            timer.cancel()
-
-    async def execute(self, *args: bytes | str | int | float) -> RespValue:
-        """One command; raises RedisError (error reply, lost connection) or TimeoutError."""
-        proto = self._proto
-        if proto is None or proto.closed:
-            proto = await self._connect()
-        return await self._send(proto, encode_command(*args))
-
-    async def pipeline(self, commands: list[tuple[bytes | str | int | float, ...]]) -> list[RespValue]:
-        proto = self._proto
-        if proto is None or proto.closed:
-            proto = await self._connect()
-        payload = b"".join(encode_command(*c) for c in commands)
-        result: list[RespValue] = await self._send(proto, payload, replies=len(commands))
-        return result
-
-    def close(self) -> None:
-        if self._proto is not None and self._proto.transport is not None:
-            self._proto.transport.close()
-        self._proto = None

@@ -10,13 +10,25 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from rayleigh_api import ModelDeployment, RateLimits
+from rayleigh_api import MODEL_NAME_PATTERN, ModelDeployment, RateLimits
 from rayleigh_api.errors import FieldErrors
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
@@ -96,15 +108,46 @@ class AuthConfig(_Model):
     jwt: JWTConfig | None = None
 
 
+# A served model name, as in the ModelDeployment; the gateway refuses requests for other shapes
+# before the name reaches a metric, a log line or a lookup.
+ModelName = Annotated[str, StringConstraints(pattern=MODEL_NAME_PATTERN)]
+
+
+def _unset(value: object) -> bool:
+    return value is None
+
+
 class Route(_Model):
     name: str = Field(min_length=1)
     namespace: str = "default"
     backend: str = Field(description="Base URL of the model's OpenAI endpoint, e.g. http://tiny-head:8000")
-    models: list[str] = Field(min_length=1, description="Served names, LoRA adapter names included.")
+    models: list[ModelName] = Field(min_length=1, description="Served names, LoRA adapter names included.")
     public: bool = False
     auth: AuthConfig = Field(default_factory=AuthConfig)
     allowed_cidrs: list[str] = Field(default_factory=list, alias="allowedCIDRs")
     rate_limits: RateLimits = Field(default_factory=RateLimits, alias="rateLimits")
+    # Left out of the rendered route when unset, so routes without them read as before.
+    created_at: AwareDatetime | None = Field(
+        default=None,
+        alias="createdAt",
+        exclude_if=_unset,
+        description="When the ModelDeployment was created (RFC 3339, its metadata.creationTimestamp). When two "
+        "routes claim one model name, the oldest keeps it (ties: namespace/name) and the other is not served.",
+    )
+    max_tokens: int | None = Field(
+        default=None,
+        alias="maxTokens",
+        gt=0,
+        exclude_if=_unset,
+        description="Most tokens one request may generate (per sequence); larger max_tokens are lowered to it.",
+    )
+    max_model_len: int | None = Field(
+        default=None,
+        alias="maxModelLen",
+        gt=0,
+        exclude_if=_unset,
+        description="The model's context length, if known: no request may generate more (as maxTokens).",
+    )
 
     @field_validator("backend")
     @classmethod
@@ -136,7 +179,28 @@ class Limits(_Model):
         gt=0,
         description="Tokens charged up front for a request without max_tokens (corrected after).",
     )
-    upstream_connections: int = Field(default=512, alias="upstreamConnections", ge=0)
+    upstream_connections: int = Field(
+        default=512,
+        alias="upstreamConnections",
+        ge=0,
+        description="Connections per backend and worker (0: unbounded); one slow backend cannot take the others'.",
+    )
+    body_timeout_seconds: float = Field(
+        default=30.0, alias="bodyTimeoutSeconds", gt=0, description="Whole request body read deadline (408 after)."
+    )
+    send_timeout_seconds: float = Field(
+        default=30.0,
+        alias="sendTimeoutSeconds",
+        gt=0,
+        description="A client that reads nothing of its answer for this long is cut off (upstream released).",
+    )
+    max_concurrent_streams: int = Field(
+        default=64,
+        alias="maxConcurrentStreams",
+        ge=0,
+        description="Streams one caller may have open per gateway process (0: unbounded); a key's own "
+        "limits.maxConcurrentStreams wins.",
+    )
 
 
 class GatewayConfig(_Model):
@@ -148,6 +212,18 @@ class GatewayConfig(_Model):
     )
     limits: Limits = Field(default_factory=Limits)
     log_prompts: bool = Field(default=False, alias="logPrompts")
+    jwks_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        alias="jwksAllowedHosts",
+        description="Hosts (`host`, `host:port` or `*.domain`) a route's jwksUrl may name; a route with another "
+        "host is refused. Empty: any host (backward compatible; a warning is logged).",
+    )
+    websocket_allowed_origins: list[str] = Field(
+        default_factory=list,
+        alias="websocketAllowedOrigins",
+        description="Origins (scheme://host[:port]) whose browsers may open /v1/ws/chat; '*': any. Empty: no "
+        "browser origin. Clients that send no Origin header (not browsers) are always accepted.",
+    )
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -156,19 +232,52 @@ class GatewayConfig(_Model):
 
     @model_validator(mode="after")
     def _unique(self) -> GatewayConfig:
-        seen: dict[str, str] = {}
+        # Two routes claiming one model name do not make the config invalid: `served_routes`
+        # keeps the oldest and drops the other, so one tenant's name cannot take routing down.
         names: set[tuple[str, str]] = set()
         for route in self.routes:
             if (route.namespace, route.name) in names:
                 raise ValueError(f"duplicate route {route.namespace}/{route.name}")
             names.add((route.namespace, route.name))
-            for model in route.models:
-                if model in seen:
-                    raise ValueError(
-                        f"model {model!r} is served by two routes: {seen[model]} and {route.namespace}/{route.name}"
-                    )
-                seen[model] = f"{route.namespace}/{route.name}"
         return self
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConflict:
+    """A route that is not served: `model` is already served by the older route `winner`."""
+
+    route: Route
+    model: str
+    winner: Route
+
+    def describe(self) -> str:
+        def who(r: Route) -> str:
+            since = r.created_at.isoformat() if r.created_at is not None else "no createdAt"
+            return f"{r.namespace}/{r.name} ({since})"
+
+        return f"route {who(self.route)} is not served: model {self.model!r} is already served by {who(self.winner)}"
+
+
+def _age_key(route: Route) -> tuple[float, str, str]:
+    # Routes without createdAt count as the newest; ties by namespace/name.
+    created = route.created_at
+    return (created.timestamp() if created is not None else math.inf, route.namespace, route.name)
+
+
+def served_routes(routes: list[Route]) -> tuple[list[Route], list[RouteConflict]]:
+    """The routes to serve, in config order, and the ones dropped because an older route already
+    serves one of their model names (oldest by createdAt wins, ties by namespace/name). A dropped
+    route claims nothing, so the next route in age order may take its other names."""
+    owner: dict[str, Route] = {}
+    dropped: dict[int, RouteConflict] = {}
+    for route in sorted(routes, key=_age_key):
+        taken = next((m for m in route.models if m in owner), None)
+        if taken is not None:
+            dropped[id(route)] = RouteConflict(route, taken, owner[taken])
+            continue
+        for model in route.models:
+            owner[model] = route
+    return [r for r in routes if id(r) not in dropped], list(dropped.values())
 
 
 class ConfigError(ValueError):
@@ -256,6 +365,11 @@ def route_for(md: ModelDeployment, backend: str) -> Route:
         "public": gw.public,
         "allowedCIDRs": list(gw.allowed_cidrs),
     }
+    created = md.metadata.get("creationTimestamp")
+    if isinstance(created, datetime) and created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)  # a YAML timestamp read without its zone: Kubernetes writes UTC
+    if created:
+        route["createdAt"] = created
     if gw.auth is not None:
         auth: dict[str, Any] = {"apiKeys": gw.auth.api_keys}
         jwt = gw.auth.jwt

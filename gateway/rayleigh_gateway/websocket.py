@@ -6,27 +6,51 @@ gateway runs it through exactly the same HTTP path (allow-list, auth, rate limit
 audit) as a streaming request, through `Gateway.proxy` (passed in as `proxy`, so this module
 does not import app.py), and sends each SSE event's JSON as one message, then
 `{"type": "done"}`. Errors come as `{"type": "error", "status": N, "error": {...}}`.
+
+Browsers send an `Origin` header with every WebSocket handshake, and a WebSocket is not subject
+to CORS: without a check, any web page could drive a visitor's browser against the gateway. The
+handshake is refused (HTTP 403) when `Origin` is not in the config's `websocketAllowedOrigins`
+(`*`: any origin; empty: no browser origin). A client that sends no `Origin` (not a browser) is
+accepted: it must present its credentials like any HTTP client.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
 from .asgi import Handler, Message, Receive, Scope, Send
 
+log = logging.getLogger("rayleigh.gateway")
+
 WS_PATH = "/v1/ws/chat"
 MAX_MESSAGE = 1 << 20
 
 
-async def handle_websocket(proxy: Handler, scope: Scope, receive: Receive, send: Send) -> None:
-    """Serve one WebSocket connection; each chat message goes through `proxy` (`Gateway.proxy`)."""
+def origin_allowed(origin: str, allowed: Sequence[str]) -> bool:
+    """`origin` (scheme://host[:port], as browsers send it) is one of `allowed` ('*': any)."""
+    origin = origin.strip().rstrip("/").lower()
+    return any(a == "*" or a.strip().rstrip("/").lower() == origin for a in allowed)
+
+
+async def handle_websocket(
+    proxy: Handler, scope: Scope, receive: Receive, send: Send, allowed_origins: Sequence[str] = ()
+) -> None:
+    """Serve one WebSocket connection; each chat message goes through `proxy` (`Gateway.proxy`).
+    A browser handshake from an origin outside `allowed_origins` is refused (403)."""
     message = await receive()
     if message["type"] != "websocket.connect":
         return
     if scope["path"] != WS_PATH:
         await send({"type": "websocket.close", "code": 1008, "reason": f"no websocket at {scope['path']}"})
+        return
+    origin = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"origin"), None)
+    if origin is not None and not origin_allowed(origin, allowed_origins):
+        log.info("websocket refused: origin %r is not in websocketAllowedOrigins", origin[:200])
+        await send({"type": "websocket.close", "code": 1008})  # before accept: HTTP 403
         return
     await send({"type": "websocket.accept"})
     headers = [(k, v) for k, v in scope["headers"] if k in (b"authorization", b"x-api-key", b"x-forwarded-for")]

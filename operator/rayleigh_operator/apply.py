@@ -11,7 +11,14 @@ In order, because each step needs the one before:
   3. the custom metric (no HPA while missing) and PodMonitor support -> render options;
   4. render (RenderError -> InvalidSpec);
   5. server-side apply of every child;
-  6. the routes ConfigMap is marked for a write, the status written, the Serve sync scheduled.
+  6. the routes ConfigMap is marked for a write (route conflicts recomputed), the status written,
+     the Serve sync scheduled.
+
+A child the API server refuses with 403 (the operator's role lacks a permission, e.g. `create`,
+which the API server checks for an apply that creates its object) is not a crash: the other
+children are still applied, the status gets phase Degraded with reason `Forbidden` and a message
+naming the verb, resource, API group and namespace, one Warning Event is posted, and the apply is
+retried at the resync with backoff (`retry_delay`) until an administrator grants the permission.
 
 Concurrently, within step 5: all children at once (`asyncio.gather`), since none needs another
 to exist when it is applied. Services, the PDB, the NetworkPolicy and the PodMonitor select pods
@@ -26,13 +33,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import Any
 
 import rayleigh_api as api
 from rayleigh_api.validation import SpecError
 from rayleigh_operator import metrics, render
-from rayleigh_operator.kube import KubeClient
+from rayleigh_operator.kube import ApiError, KubeClient, type_of
 from rayleigh_operator.preflight import Preflight
 from rayleigh_operator.routes_writer import RoutesWriter
 from rayleigh_operator.state import Entry, OperatorConfig, Tracked, parse_spec
@@ -40,6 +48,44 @@ from rayleigh_operator.status_writer import StatusWriter
 from rayleigh_serving.config import ServeConfigError
 
 log = logging.getLogger("rayleigh.operator")
+
+# responsewriters/errors.go forbiddenMessage: `User "u" cannot VERB resource "R" in API group "G" ...`.
+_CANNOT = re.compile(r'cannot (?P<verb>[a-z]+) resource "(?P<resource>[^"]+)" in API group "(?P<group>[^"]*)"')
+MAX_RETRY_FACTOR = 8  # a refused apply is retried after 1, 2, 4, 8, 8, ... resync intervals
+
+
+def retry_delay(failures: int, resync_seconds: float) -> float:
+    """Seconds before the apply that failed `failures` times in a row is tried again."""
+    return resync_seconds * min(2 ** max(failures - 1, 0), MAX_RETRY_FACTOR)
+
+
+def forbidden_message(refused: list[tuple[dict[str, Any], ApiError]]) -> str:
+    """What the operator may not do, for the status: verb, resource, API group and namespace of
+    each child the API server refused with 403, and the server's own message.
+
+    The verb comes from the server's message when it names one (the authorization filter's
+    `cannot patch resource ...`); a server-side apply that would create its object is authorized
+    again as `create`, and that refusal names no verb (update.go withAuthorization builds it from
+    the RBAC authorizer's reason, which is empty): `services "x" is forbidden: `. Then it is `create`.
+    """
+    missing: dict[tuple[str, str, str, str], str] = {}
+    for child, exc in refused:
+        rtype = type_of(child)
+        found = _CANNOT.search(exc.message)
+        verb, resource, group = (
+            (found["verb"], found["resource"], found["group"]) if found else ("create", rtype.plural, rtype.group)
+        )
+        namespace = child["metadata"].get("namespace") or ""
+        missing.setdefault((verb, resource, group, namespace), exc.message)
+    parts = []
+    for (verb, resource, group, namespace), server in sorted(missing.items()):
+        where = f' in namespace "{namespace}"' if namespace else ""
+        parts.append(f'{verb} {resource} (API group "{group}"){where} [API server: {server.strip()}]')
+    return (
+        "the operator's service account is forbidden to "
+        + "; ".join(parts)
+        + ": grant it in the operator's Role/ClusterRole; the apply is retried with backoff"
+    )
 
 
 class Applier:
@@ -66,14 +112,20 @@ class Applier:
         async with entry.lock:
             entry.applied = False
             try:
-                await self._apply_locked(entry)
-                entry.applied = True
+                entry.applied = await self._apply_locked(entry)
             except Exception:
                 metrics.RECONCILES.labels("error").inc()
+                self._failed(entry)
                 raise
             finally:
+                self.tracked.applied_once(entry.key)
                 metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
         return entry
+
+    def _failed(self, entry: Entry) -> None:
+        """Count a failed apply: the resync retries it after `retry_delay`."""
+        entry.apply_failures += 1
+        entry.retry_at = time.monotonic() + retry_delay(entry.apply_failures, self.config.resync_seconds)
 
     async def apply_child(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply of one child (as the operator's field manager); the object stored."""
@@ -83,16 +135,20 @@ class Applier:
         """Steps 1-2: set entry.md and entry.spec_problem."""
         body = entry.body
         doc = {k: v for k, v in body.items() if k != "status"}
+        # creationTimestamp: the route's createdAt, by which the gateway too lets the oldest win a name.
         doc["metadata"] = {
-            k: body["metadata"][k] for k in ("name", "namespace", "uid", "generation") if k in body["metadata"]
+            k: body["metadata"][k]
+            for k in ("name", "namespace", "uid", "generation", "creationTimestamp")
+            if k in body["metadata"]
         }
         generation = int(body["metadata"].get("generation") or 1)
         if entry.md is None or entry.md.metadata.get("generation") != generation:
             # The spec changed: a failed Serve deploy may now succeed.
             entry.serve_push_error = None
             entry.failed_app_hash = None
+        # The route of the last good spec stays until this one renders (a re-apply must not take a
+        # model off the gateway, or hand its name to a younger ModelDeployment, for a moment).
         entry.spec_problem = None
-        entry.route_json = None
         try:
             md = parse_spec(doc)
         except SpecError as exc:
@@ -107,15 +163,18 @@ class Applier:
             except ServeConfigError as exc:
                 entry.spec_problem = (api.Reason.INVALID_SPEC, str(exc))
 
-    async def _apply_locked(self, entry: Entry) -> None:
+    async def _apply_locked(self, entry: Entry) -> bool:
+        """Steps 1-6; True when every child was applied (a spec problem counts as done: it waits
+        for a spec change), False when the API server refused some (403: retried with backoff)."""
         await self._check_spec(entry)
         if entry.spec_problem is not None or entry.md is None:
             metrics.RECONCILES.labels("invalid").inc()
             reason, message = entry.spec_problem or ("", "")
             log.warning("%s/%s: %s: %s", entry.namespace, entry.name, reason, message)
+            self._unroute(entry)
             await self.status.write(entry)
             entry.next_due = float("inf")
-            return
+            return True
         md = entry.md
         entry.metric_missing = await self.preflight.metric_problem(md)
         options = self.config.render_options_for(
@@ -128,8 +187,9 @@ class Applier:
         except render.RenderError as exc:
             entry.spec_problem = (api.Reason.INVALID_SPEC, str(exc))
             metrics.RECONCILES.labels("invalid").inc()
+            self._unroute(entry)
             await self.status.write(entry)
-            return
+            return True
         # The rendered children are not kept (re-rendering costs about 0.2 ms; keeping them
         # costs about 100 KB per ModelDeployment): only the options that produced them.
         entry.options = options
@@ -138,12 +198,41 @@ class Applier:
             for c in children
             if c["kind"] == "ConfigMap" and render.ROUTE_LABEL in c["metadata"].get("labels", {})
         )
+        entry.served = tuple(md.served_models())
         # Concurrently: no child needs another to exist when it is applied (module docstring).
-        results = await asyncio.gather(*(self.apply_child(c) for c in children))
-        for obj in results:
-            entry.observe_deployment(obj)
-            entry.record_applied(obj)
+        results = await asyncio.gather(*(self.apply_child(c) for c in children), return_exceptions=True)
+        refused: list[tuple[dict[str, Any], ApiError]] = []
+        errors: list[BaseException] = []
+        for child, obj in zip(children, results, strict=True):
+            if isinstance(obj, ApiError) and obj.status == 403:
+                refused.append((child, obj))
+            elif isinstance(obj, BaseException):
+                errors.append(obj)
+            else:
+                entry.observe_deployment(obj)
+                entry.record_applied(obj)
+        self.routes.refresh(skip=entry)
+        if errors:
+            raise errors[0]
+        if refused:
+            metrics.RECONCILES.labels("error").inc()
+            message = forbidden_message(refused)
+            log.warning("%s/%s: %s: %s", entry.namespace, entry.name, api.Reason.FORBIDDEN, message)
+            entry.apply_error = (api.Reason.FORBIDDEN, message)
+            self._failed(entry)
+            await self.status.write(entry)
+            self.tracked.schedule(entry, 0 if entry.head_ready else None)
+            return False
+        entry.apply_error = None
+        entry.apply_failures = 0
         metrics.RECONCILES.labels("applied").inc()
-        self.routes.mark_dirty()
         await self.status.write(entry)
         self.tracked.schedule(entry, 0 if entry.head_ready else None)
+        return True
+
+    def _unroute(self, entry: Entry) -> None:
+        """An invalid spec: no route, no claim on its names (a younger object may take them)."""
+        entry.route_json = None
+        entry.served = ()
+        entry.apply_error = None
+        self.routes.refresh(skip=entry)

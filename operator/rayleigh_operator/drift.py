@@ -90,7 +90,10 @@ class Drift:
         wanted: dict[tuple[str, str], list[tuple[Entry, dict[str, Any]]]] = {}
         for entry in list(self.tracked.entries.values()):
             if not entry.applied and entry.spec_problem is None:
-                # The last apply failed part-way (API error): do it again, level-triggered.
+                # The last apply failed part-way (API error, e.g. 403): do it again, level-triggered,
+                # with backoff (apply.retry_delay).
+                if time.monotonic() < entry.retry_at or entry.key in self.tracked.initial:
+                    continue  # backing off, or listed at start and not yet applied by kopf's resume
                 try:
                     await self.applier.apply(entry.body)
                 except Exception as exc:
@@ -111,7 +114,12 @@ class Drift:
         for (_, kind), pairs in wanted.items():
             rtype = type_of(pairs[0][1])
             try:
-                items = await self.kube.list(rtype, label_selector=MANAGED_SELECTOR)
+                # Per watched namespace: a namespaced Role grants no cluster-wide list.
+                items = [
+                    item
+                    for ns in (self.config.namespaces or (None,))
+                    for item in await self.kube.list(rtype, ns, label_selector=MANAGED_SELECTOR)
+                ]
             except ApiError as exc:
                 log.warning("resync: cannot list %s: %s", kind, exc)
                 continue

@@ -13,16 +13,63 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import click
 
-from rayleigh_operator.render import RenderOptions
+from rayleigh_operator.render import STANDARD_LABEL_KEYS, RenderOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _DEFAULTS = RenderOptions()
+
+# Label syntax (k8s.io/apimachinery/pkg/util/validation: IsQualifiedName, IsValidLabelValue) and
+# namespace names (IsDNS1123Label).
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_LABEL_KEY = re.compile(rf"^([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_LABEL_NAME}$")
+_LABEL_VALUE = re.compile(rf"^({_LABEL_NAME})?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _pairs(
+    value: Iterable[str], param: click.Parameter | None, *, reserved: frozenset[str] = frozenset()
+) -> tuple[tuple[str, str], ...]:
+    out: dict[str, str] = {}
+    for item in value:
+        key, sep, val = item.partition("=")
+        if not sep or not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(val):
+            raise click.BadParameter(
+                f"{item!r}: expected KEY=VALUE with a valid Kubernetes label key and value", param=param
+            )
+        if key in reserved:
+            raise click.BadParameter(f"{key!r} is one of the labels the operator sets itself", param=param)
+        out[key] = val
+    return tuple(out.items())
+
+
+def _labels(
+    ctx: click.Context | None, param: click.Parameter | None, value: Iterable[str]
+) -> tuple[tuple[str, str], ...]:
+    return _pairs(value, param)
+
+
+def _extra_labels(
+    ctx: click.Context | None, param: click.Parameter | None, value: Iterable[str]
+) -> tuple[tuple[str, str], ...]:
+    return _pairs(value, param, reserved=STANDARD_LABEL_KEYS)
+
+
+def _namespaces(ctx: click.Context | None, param: click.Parameter | None, value: Iterable[str]) -> tuple[str, ...]:
+    for ns in value:
+        if not _DNS_LABEL.match(ns):
+            raise click.BadParameter(f"{ns!r} is not a namespace name", param=param)
+    return tuple(dict.fromkeys(value))
+
+
+def _shown(labels: dict[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in labels.items())
 
 
 def render_flags(command: F) -> F:
@@ -37,6 +84,41 @@ def render_flags(command: F) -> F:
         click.option("--operator-namespace", default=_DEFAULTS.operator_namespace, show_default=True),
         click.option("--gcs-redis-address", default=None, help="host:port of a Redis for Ray GCS fault tolerance."),
         click.option("--gcs-redis-password-secret", default=None, help="Secret (key 'password') for that Redis."),
+        click.option(
+            "--podmonitor-label",
+            "podmonitor_labels",
+            multiple=True,
+            callback=_extra_labels,
+            metavar="KEY=VALUE",
+            help="Label added to every PodMonitor (repeatable), e.g. release=kube-prometheus-stack: "
+            "what your Prometheus' podMonitorSelector matches.",
+        ),
+        click.option(
+            "--metrics-namespace",
+            "metrics_namespaces",
+            multiple=True,
+            callback=_namespaces,
+            metavar="NAMESPACE",
+            help="Namespace whose pods may scrape the model pods' metrics port (repeatable); default: any namespace.",
+        ),
+        click.option(
+            "--gateway-pod-label",
+            "gateway_pod_labels",
+            multiple=True,
+            callback=_labels,
+            metavar="KEY=VALUE",
+            help="Label of the gateway pods the per-model NetworkPolicies admit to the Serve port (repeatable; "
+            f"replaces the default) [default: {_shown(_DEFAULTS.gateway_pod_labels)}]",
+        ),
+        click.option(
+            "--operator-pod-label",
+            "operator_pod_labels",
+            multiple=True,
+            callback=_labels,
+            metavar="KEY=VALUE",
+            help="Label of the operator pods the per-model NetworkPolicies admit to the Ray dashboard (repeatable; "
+            f"replaces the default) [default: {_shown(_DEFAULTS.operator_pod_labels)}]",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -50,14 +132,25 @@ def options_from_flags(
     operator_namespace: str = _DEFAULTS.operator_namespace,
     gcs_redis_address: str | None = None,
     gcs_redis_password_secret: str | None = None,
+    podmonitor_labels: Iterable[tuple[str, str]] = (),
+    metrics_namespaces: Iterable[str] = (),
+    gateway_pod_labels: Iterable[tuple[str, str]] = (),
+    operator_pod_labels: Iterable[tuple[str, str]] = (),
 ) -> RenderOptions:
-    """The RenderOptions the render flags give (an empty `--image` keeps the default image)."""
+    """The RenderOptions the render flags give (an empty `--image` keeps the default image; no
+    `--gateway-pod-label`/`--operator-pod-label` keeps the default selector labels)."""
     options = RenderOptions(
         gateway_namespace=gateway_namespace,
         operator_namespace=operator_namespace,
         gcs_redis_address=gcs_redis_address,
         gcs_redis_password_secret=gcs_redis_password_secret,
+        podmonitor_labels=dict(podmonitor_labels),
+        metrics_namespaces=tuple(metrics_namespaces),
     )
+    if gateway := dict(gateway_pod_labels):
+        options = dataclasses.replace(options, gateway_pod_labels=gateway)
+    if operator := dict(operator_pod_labels):
+        options = dataclasses.replace(options, operator_pod_labels=operator)
     if image:
         options = dataclasses.replace(options, image=image)
     return options

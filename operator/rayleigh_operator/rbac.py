@@ -18,6 +18,9 @@ Server-side apply creates children with PATCH, and kube-apiserver authorizes a P
 its object as `create` as well (staging/src/k8s.io/apiserver/pkg/endpoints/handlers/patch.go,
 `createAuthorizerAttributes`): every kind the operator applies has `create` and `patch`.
 
+Namespaces: `list` + `watch` (names and labels) only when watching a list of namespaces: kopf observes
+them then, and a 403 makes it retry for about a minute before it watches anything.
+
 Pods: `list` + `patch` in the watched namespaces only, for the `controller.kubernetes.io/
 pod-deletion-cost` annotation on worker pods (so that scale-down removes idle replicas first). RBAC
 cannot narrow a patch to one annotation; the chart's ValidatingAdmissionPolicy does
@@ -52,6 +55,7 @@ class Permission:
     verbs: tuple[str, ...]
     cluster: bool = False  # a cluster-scoped resource: needs a ClusterRole even when watching namespaces
     why: str = ""
+    watching_some_only: bool = False  # needed only when the operator watches a list of namespaces
 
 
 TABLE: tuple[Permission, ...] = (
@@ -74,6 +78,15 @@ TABLE: tuple[Permission, ...] = (
     Permission("", "pods", ("list", "patch"), why="pod-deletion-cost annotation on worker pods"),
     Permission("", "events", ("create",), why="an Event on every status transition"),
     Permission("", "nodes", ("list",), cluster=True, why="GPU preflight: which GPU counts nodes offer"),
+    Permission(
+        "",
+        "namespaces",
+        ("list", "watch"),
+        cluster=True,
+        watching_some_only=True,
+        why="kopf observes the namespaces it is given; refused, it retries for about a minute before it "
+        "starts watching anything (kopf error_backoffs 1+1+2+3+5+8+13+21 s)",
+    ),
 )
 
 # (apiGroup, resource) -> verbs: everything the operator may do somewhere (the client's check).
@@ -121,7 +134,7 @@ def _rules(permissions: list[Permission]) -> list[dict[str, Any]]:
 
 def all_rules() -> list[dict[str, Any]]:
     """The ClusterRole when the operator watches every namespace."""
-    return _rules(list(TABLE))
+    return _rules([p for p in TABLE if not p.watching_some_only])
 
 
 def cluster_rules() -> list[dict[str, Any]]:

@@ -76,7 +76,7 @@ class Reconciler:
     def forget(self, namespace: str, name: str) -> None:
         """The ModelDeployment is gone: drop its Entry, its route and its count in the phase gauge."""
         entry = self.tracked.pop(namespace, name)
-        self.routes.mark_dirty()
+        self.routes.refresh()  # a younger object may now take over a name this one served
         if entry is not None:
             self.status.count_phase((entry.status or {}).get("phase"), None)
 

@@ -5,6 +5,16 @@ directory and loads each key as one route. Each ModelDeployment's route is the J
 route ConfigMap holds (`Entry.route_json`); invalid or not yet rendered objects get no key, and
 keys of deleted objects are removed.
 
+Route conflicts: a ModelDeployment that serves a model name (base or adapter) an older one
+already serves gets no key (`state.route_conflicts`: oldest by creationTimestamp wins, ties by
+namespace/name, the gateway's own rule) and a `Conflict` condition; `refresh` recomputes them
+after every apply and delete and schedules a status write for each object whose conflict changed,
+so when the older one is deleted or renames, the younger one gets its route and the condition clears.
+
+After an operator (re)start, nothing is written until every ModelDeployment of the first listing
+(`Tracked.seed`) has been applied once, or `--resync-seconds` have passed: a write before that would
+drop the routes of objects not applied yet, and let a younger object take over an older one's name.
+
 Writes are debounced (one write for a burst of changes) and happen only when the routes differ
 from what was last written; the ConfigMap is read back only at start, on each resync (to restore
 hand edits) and after a failed write.
@@ -16,8 +26,8 @@ import asyncio
 import logging
 
 from rayleigh_operator import render
-from rayleigh_operator.kube import CONFIGMAPS, KubeClient
-from rayleigh_operator.state import OperatorConfig, Tracked
+from rayleigh_operator.kube import CONFIGMAPS, MODEL_DEPLOYMENTS, KubeClient
+from rayleigh_operator.state import Entry, OperatorConfig, Tracked, route_conflicts
 
 log = logging.getLogger("rayleigh.operator")
 
@@ -35,6 +45,17 @@ class RoutesWriter:
         """A route may have changed: write (after the debounce) if the routes differ."""
         self._dirty.set()
 
+    def refresh(self, skip: Entry | None = None) -> None:
+        """A route or a served name may have changed: recompute the route conflicts, schedule a
+        status write for every object whose conflict changed (but `skip`, whose caller writes its
+        status itself), and write the routes (debounced)."""
+        if not self.config.routes_configmap:
+            return  # no gateway routes, so no route conflicts: each model has its own Serve URL
+        for entry in self.tracked.refresh_conflicts():
+            if entry is not skip and entry.md is not None:
+                self.tracked.schedule(entry, 0)
+        self._dirty.set()
+
     def verify(self) -> None:
         """Read the ConfigMap back before the next write (a hand edit is restored too), and write."""
         self._verify = True
@@ -42,11 +63,14 @@ class RoutesWriter:
 
     def desired(self) -> dict[str, str]:
         """One key per served ModelDeployment (`namespace_name.json`): the gateway loads each file
-        of the mounted ConfigMap as one route. Invalid or not yet rendered objects get no route."""
+        of the mounted ConfigMap as one route. Invalid or not yet rendered objects get no route, nor
+        do those that claim a model name an older one serves."""
+        entries = self.tracked.entries
+        conflicts = route_conflicts(c for e in entries.values() if (c := e.claim()) is not None)
         return {
             f"{namespace}_{name}.json": entry.route_json
-            for (namespace, name), entry in sorted(self.tracked.entries.items())
-            if entry.route_json is not None and entry.spec_problem is None
+            for (namespace, name), entry in sorted(entries.items())
+            if entry.route_json is not None and entry.spec_problem is None and (namespace, name) not in conflicts
         }
 
     async def write(self) -> None:
@@ -57,6 +81,9 @@ class RoutesWriter:
         """
         name = self.config.routes_configmap
         if not name:
+            return
+        if self.tracked.initial_pending():
+            self._dirty.set()  # the run loop comes back after the debounce
             return
         namespace = self.config.render.gateway_namespace
         desired = self.desired()
@@ -89,8 +116,26 @@ class RoutesWriter:
         self._written = desired
         log.info("gateway routes: %d models in %s/%s", len(desired), namespace, name)
 
+    async def seed(self) -> None:
+        """List the ModelDeployments once at start (`Tracked.seed`), so that route conflicts and
+        the first routes write account for objects kopf has not resumed yet."""
+        if not self.config.routes_configmap:
+            return
+        try:
+            listed = await asyncio.gather(
+                *(self.kube.list(MODEL_DEPLOYMENTS, ns) for ns in (self.config.namespaces or (None,)))
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("gateway routes: cannot list ModelDeployments at start: %r", exc)
+            return
+        self.tracked.seed((body for items in listed for body in items), self.config.resync_seconds)
+        self.refresh()
+
     async def run(self) -> None:
         """Write whenever marked dirty, debounced; a failed write is retried after a second."""
+        await self.seed()
         while True:
             await self._dirty.wait()
             await asyncio.sleep(self.config.routes_debounce_seconds)  # one write for a burst of changes

@@ -28,9 +28,10 @@ if TYPE_CHECKING:
 )
 @click.option(
     "--endpoint",
-    default="http://rayleigh-gateway.rayleigh-system.svc/v1",
-    show_default=True,
-    help="status.endpoint template ({name}, {namespace}, {route_prefix}).",
+    default=None,
+    help="status.endpoint template ({name}, {namespace}, {route_prefix}): the gateway's /v1 URL clients call. "
+    "Default: the model's own in-cluster Serve URL, http://{name}-serve.{namespace}.svc:8000{route_prefix}/v1 "
+    "(no gateway).",
 )
 @click.option("--app-name", default="{name}", show_default=True, help="Serve application name template.")
 @click.option("--route-prefix", default="/", show_default=True, help="Serve route prefix template.")
@@ -76,9 +77,9 @@ if TYPE_CHECKING:
 )
 @click.option(
     "--routes-configmap",
-    default="rayleigh-gateway-routes",
-    show_default=True,
-    help="ConfigMap in the gateway namespace gathering every model's route (the gateway mounts it); '' disables.",
+    default="",
+    help="ConfigMap in the gateway namespace gathering every model's route (the gateway mounts it, e.g. "
+    "<release>-gateway-routes); default: none (no gateway: no routes are written).",
 )
 @click.option("--metrics-port", type=int, default=8080, show_default=True, help="Prometheus port; 0: off.")
 @click.option("--liveness", default=None, help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz.")
@@ -111,7 +112,7 @@ def config_from_params(params: dict[str, Any]) -> OperatorConfig:
     return OperatorConfig(
         render=options_from_flags(**{k: params[k] for k in FLAG_NAMES}),
         dashboard_url=params["dashboard_url"],
-        endpoint=params["endpoint"],
+        endpoint=params["endpoint"] or None,
         app_name=params["app_name"],
         route_prefix=params["route_prefix"],
         external_ray=params["external_ray"],

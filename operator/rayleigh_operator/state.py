@@ -6,16 +6,21 @@
 - `parse_spec`: the typed ModelDeployment of a stored object, or SpecError.
 - `Entry`: one ModelDeployment's state between events (spec, problems, readiness, Serve state,
   the status last written, when it is next due).
+- `route_conflicts`: which ModelDeployments claim a model name an older one already serves.
 - `Tracked`: every Entry, and the wake-up of the tracker when one becomes due.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import datetime
 import hashlib
 import json
+import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +42,8 @@ class OperatorConfig:
     render: RenderOptions = field(default_factory=RenderOptions)
     # Templates with {name} and {namespace} (and {route_prefix} for the endpoint).
     dashboard_url: str = "http://{name}-head.{namespace}.svc:8265"
-    endpoint: str = "http://rayleigh-gateway.rayleigh-system.svc/v1"
+    # status.endpoint: the gateway's /v1 URL; None: no gateway, the model's own Serve URL.
+    endpoint: str | None = None
     app_name: str = "{name}"
     route_prefix: str = "/"
     # The Ray cluster is not a child of the ModelDeployment (shared, external): deleting the
@@ -54,8 +60,9 @@ class OperatorConfig:
     # Namespaces to serve; empty: all (cluster-wide watches).
     namespaces: tuple[str, ...] = ()
     # The one ConfigMap, in the gateway's namespace (render.gateway_namespace), that gathers every
-    # ModelDeployment's route, one key each: the gateway mounts it as its routes directory. None: off.
-    routes_configmap: str | None = "rayleigh-gateway-routes"
+    # ModelDeployment's route, one key each: the gateway mounts it as its routes directory. None: no
+    # gateway, nothing written (the chart names one per release).
+    routes_configmap: str | None = None
     routes_debounce_seconds: float = 0.2
 
     # --- per-object settings -----------------------------------------------------------------
@@ -74,6 +81,10 @@ class OperatorConfig:
 
     def endpoint_for(self, md: api.ModelDeployment) -> str:
         prefix = self.route_prefix_for(md).rstrip("/")
+        if self.endpoint is None:
+            # No gateway: the Serve HTTP proxies of the model's own Ray cluster (in-cluster only, and
+            # only for pods the per-model NetworkPolicy admits: --gateway-pod-label).
+            return f"http://{render.child_name(md, 'serve')}.{md.namespace}.svc:{render.SERVE_PORT}{prefix}/v1"
         return self._fmt(self.endpoint, md, route_prefix=prefix)
 
     def serve_config_for(self, md: api.ModelDeployment) -> dict[str, Any]:
@@ -122,6 +133,66 @@ def content_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class Conflict:
+    """`model` is already served by the older ModelDeployment `owner` (namespace, name)."""
+
+    model: str
+    owner: tuple[str, str]
+    owner_created: str | None = None
+
+    def message(self) -> str:
+        since = f", created {self.owner_created}" if self.owner_created else ""
+        return (
+            f"model name {self.model!r} is already served by ModelDeployment {self.owner[0]}/{self.owner[1]} "
+            f"(older{since}): this one gets no gateway route until that one stops serving the name "
+            "(the oldest ModelDeployment serving a name keeps it)"
+        )
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The model names one ModelDeployment's route serves, and when the object was created."""
+
+    key: tuple[str, str]
+    created: str | None
+    models: tuple[str, ...]
+
+
+def _age(claim: Claim) -> tuple[float, str, str]:
+    """Oldest first by creationTimestamp (none: newest), ties by namespace/name: the gateway's own
+    order (rayleigh_gateway.routes.served_routes), so both drop the same routes."""
+    created = math.inf
+    if claim.created:
+        try:
+            stamp = datetime.datetime.fromisoformat(claim.created)
+            if stamp.tzinfo is None:
+                stamp = stamp.replace(tzinfo=datetime.UTC)
+            created = stamp.timestamp()
+        except ValueError:
+            pass
+    return created, claim.key[0], claim.key[1]
+
+
+def route_conflicts(claims: Iterable[Claim]) -> dict[tuple[str, str], Conflict]:
+    """The ModelDeployments that get no route: each claims a model name an older one already serves.
+
+    Oldest wins (creationTimestamp, ties by namespace/name); a ModelDeployment left without a route
+    claims nothing, so a younger one may still serve its other names, exactly as the gateway drops
+    conflicting routes on its own (`rayleigh_gateway.routes.served_routes`)."""
+    owner: dict[str, Claim] = {}
+    out: dict[tuple[str, str], Conflict] = {}
+    for claim in sorted(claims, key=_age):
+        taken = next((m for m in claim.models if m in owner), None)
+        if taken is not None:
+            winner = owner[taken]
+            out[claim.key] = Conflict(taken, winner.key, winner.created)
+            continue
+        for model in claim.models:
+            owner[model] = claim
+    return out
+
+
 @dataclass
 class Entry:
     namespace: str
@@ -133,6 +204,16 @@ class Entry:
     # This object's route as the gateway reads it (the rendered route ConfigMap's JSON); None while
     # the spec is invalid or not yet rendered, so the gateway serves no route for it.
     route_json: str | None = None
+    # The model names its route claims (base + adapters): set when the route renders, and from the
+    # operator's first listing until then; empty while the spec is invalid.
+    served: tuple[str, ...] = ()
+    # An older ModelDeployment already serves one of those names: no route (route_conflicts).
+    conflict: Conflict | None = None
+    # A cluster-side refusal of the last apply, e.g. (Reason.FORBIDDEN, message); retried with
+    # backoff (`apply_failures`, `retry_at`, monotonic) at the resync.
+    apply_error: tuple[str, str] | None = None
+    apply_failures: int = 0
+    retry_at: float = 0.0
     own_versions: dict[str, str] = field(default_factory=dict)
     metric_missing: tuple[str, str] | None = None
     head_ready: bool = False
@@ -154,6 +235,17 @@ class Entry:
     @property
     def key(self) -> tuple[str, str]:
         return self.namespace, self.name
+
+    @property
+    def created(self) -> str | None:
+        value = self.body.get("metadata", {}).get("creationTimestamp")
+        return None if value is None else str(value)
+
+    def claim(self) -> Claim | None:
+        """The names this object's route serves, unless its spec is invalid."""
+        if not self.served or self.spec_problem is not None:
+            return None
+        return Claim(self.key, self.created, self.served)
 
     def observe_deployment(self, obj: dict[str, Any]) -> bool:
         """Fold a Deployment child's status into the entry; True when readiness changed."""
@@ -181,6 +273,57 @@ class Tracked:
     def __init__(self) -> None:
         self.entries: dict[tuple[str, str], Entry] = {}
         self.wake = asyncio.Event()
+        # ModelDeployments of the operator's first listing not applied yet (`seed`), and until when
+        # (monotonic) the routes writer waits for them rather than drop their routes.
+        self.initial: set[tuple[str, str]] = set()
+        self.initial_deadline = 0.0
+
+    def seed(self, bodies: Iterable[dict[str, Any]], wait_seconds: float) -> None:
+        """Remember every existing ModelDeployment before its first apply: the names it serves
+        count in route conflicts at once (a younger object applied first must not take them over
+        after an operator restart), and the routes writer keeps their routes meanwhile."""
+        for body in bodies:
+            if (body.get("metadata") or {}).get("deletionTimestamp"):
+                continue
+            entry = self.entry_for(body)
+            if entry.md is not None or entry.applied or entry.lock.locked():
+                continue  # kopf's resume got there first
+            with contextlib.suppress(ValueError):  # SpecError too: its apply reports it
+                entry.served = tuple(parse_spec({k: v for k, v in body.items() if k != "status"}).served_models())
+            self.initial.add(entry.key)
+        self.initial_deadline = time.monotonic() + wait_seconds
+
+    def initial_pending(self) -> bool:
+        """Whether ModelDeployments of the first listing are still waiting for their first apply;
+        once the deadline passes, those never applied (deleted meanwhile) are forgotten."""
+        if not self.initial:
+            return False
+        if time.monotonic() < self.initial_deadline:
+            return True
+        for key in self.initial:
+            entry = self.entries.get(key)
+            if entry is None or entry.md is not None or entry.spec_problem is not None or entry.applied:
+                continue
+            if entry.lock.locked():  # its first apply is running: it sets the claim itself
+                continue
+            del self.entries[key]
+        self.initial.clear()
+        return False
+
+    def applied_once(self, key: tuple[str, str]) -> None:
+        self.initial.discard(key)
+
+    def refresh_conflicts(self) -> list[Entry]:
+        """Recompute every Entry's route conflict; the entries whose conflict changed."""
+        claims = [c for e in self.entries.values() if (c := e.claim()) is not None]
+        conflicts = route_conflicts(claims)
+        changed = []
+        for key, entry in self.entries.items():
+            conflict = conflicts.get(key)
+            if conflict != entry.conflict:
+                entry.conflict = conflict
+                changed.append(entry)
+        return changed
 
     def entry_for(self, body: dict[str, Any]) -> Entry:
         meta = body["metadata"]
@@ -196,6 +339,7 @@ class Tracked:
         return self.entries.get((namespace, name))
 
     def pop(self, namespace: str, name: str) -> Entry | None:
+        self.initial.discard((namespace, name))
         return self.entries.pop((namespace, name), None)
 
     def schedule(self, entry: Entry, delay: float | None) -> None:

@@ -14,8 +14,14 @@ transitions to report as Events. Phases, condition types and reasons are rayleig
              rejected or failed to deploy the application; the operator does not retry until
              the spec changes (no crash loop)
 
-Conditions: Ready, Progressing, Degraded (status True/False with a CamelCase reason), and
-AutoscalingMetricMissing when spec.autoscaling names a metric the custom metrics API lacks.
+Conditions: Ready, Progressing, Degraded (status True/False with a CamelCase reason),
+AutoscalingMetricMissing when spec.autoscaling names a metric the custom metrics API lacks, and
+Conflict while an older ModelDeployment serves one of this one's model names (it then has no gateway
+route and no endpoint; once the condition has appeared it stays, False, after the conflict ends).
+
+An apply the API server refused (403: the operator's role lacks a permission) makes the phase
+Degraded with reason Forbidden whatever else is seen: it cannot converge until an administrator
+grants the permission, and it is retried meanwhile (so not Failed, which waits for a spec change).
 """
 
 from __future__ import annotations
@@ -56,6 +62,10 @@ class Observed:
     # (reason, message) when spec.autoscaling's metric is missing; None when fine or unused.
     metric_missing: tuple[str, str] | None = None
     autoscaling: bool = False
+    # (reason, message) when the API server refused applying children (Reason.FORBIDDEN).
+    apply_error: tuple[str, str] | None = None
+    # Message when an older ModelDeployment serves one of this one's names (no route).
+    conflict: str | None = None
 
 
 @dataclass
@@ -68,6 +78,23 @@ class Decision:
 
 
 def decide(obs: Observed, previous_phase: str | None) -> Decision:
+    d = _decide(obs, previous_phase)
+    if obs.apply_error is None or obs.spec_problem is not None:
+        return d
+    reason, message = obs.apply_error
+    # Still serving (a later change refused) keeps Ready True; nothing converges until the permission
+    # is granted: Degraded, not progressing, retried with backoff.
+    ready: Value = ("True", reason, message) if d.ready[0] == "True" else ("False", reason, message)
+    return Decision(
+        Phase.DEGRADED,
+        ready,
+        ("False", reason, "retried with backoff until the permission is granted"),
+        ("True", reason, message),
+        d.ready_replicas,
+    )
+
+
+def _decide(obs: Observed, previous_phase: str | None) -> Decision:
     served_before = previous_phase in (Phase.READY, Phase.DEGRADED)
     if obs.spec_problem is not None:
         reason, message = obs.spec_problem
@@ -205,7 +232,11 @@ def compute_status(obs: Observed, previous: dict[str, Any] | None, now: str) -> 
     """The full status to write, as the API's JSON (a merge patch replaces conditions as a whole)."""
     previous = previous or {}
     prev_conditions = {c.get("type", ""): c for c in previous.get("conditions") or []}
-    d = decide(obs, previous.get("phase"))
+    previous_phase = previous.get("phase")
+    prev_ready = prev_conditions.get(ConditionType.READY) or {}
+    if prev_ready.get("reason") == Reason.FORBIDDEN and prev_ready.get("status") != "True":
+        previous_phase = None  # Degraded only because an apply was refused: it has not served
+    d = decide(obs, previous_phase)
     conditions = [
         _condition(ConditionType.READY, d.ready, prev_conditions, now, obs.generation),
         _condition(ConditionType.PROGRESSING, d.progressing, prev_conditions, now, obs.generation),
@@ -218,6 +249,13 @@ def compute_status(obs: Observed, previous: dict[str, Any] | None, now: str) -> 
         conditions.append(
             _condition(ConditionType.AUTOSCALING_METRIC_MISSING, metric, prev_conditions, now, obs.generation)
         )
+    if obs.conflict is not None or ConditionType.CONFLICT in prev_conditions:
+        conflict: Value = (
+            ("True", Reason.MODEL_NAME_CONFLICT, obs.conflict)
+            if obs.conflict is not None
+            else ("False", Reason.NO_CONFLICT, "")
+        )
+        conditions.append(_condition(ConditionType.CONFLICT, conflict, prev_conditions, now, obs.generation))
     status = api.ModelDeploymentStatus(
         phase=d.phase,
         conditions=conditions,
@@ -226,7 +264,8 @@ def compute_status(obs: Observed, previous: dict[str, Any] | None, now: str) -> 
         selector=obs.selector,
         served_models=list(obs.served_models),
         observed_generation=obs.generation,
-        endpoint=obs.endpoint if d.ready_replicas > 0 else None,
+        # No endpoint while not serving, or while another ModelDeployment holds the name (no route).
+        endpoint=obs.endpoint if d.ready_replicas > 0 and obs.conflict is None else None,
     )
     out = status.model_dump(by_alias=True, exclude_none=True, mode="json")
     # A merge patch removes a field only when it is sent as null: a model that stops serving must
@@ -245,25 +284,34 @@ class Transition:
 WARNING_PHASES = {Phase.FAILED, Phase.DEGRADED}
 
 
+# Conditions independent of the phase: a change of theirs is posted even with a phase change.
+_OWN_EVENT = frozenset({ConditionType.CONFLICT})
+
+
 def transitions(previous: dict[str, Any] | None, current: dict[str, Any]) -> list[Transition]:
-    """Events to post: one per phase change, else one per condition whose status/reason changed."""
+    """Events to post: one per phase change, else one per condition whose status/reason changed
+    (a Conflict change is posted in both cases: it says nothing about the phase)."""
     previous = previous or {}
     cur = {c["type"]: c for c in current.get("conditions", [])}
-    if previous.get("phase") != current.get("phase"):
+    prev = {c.get("type"): c for c in previous.get("conditions") or []}
+    phase_changed = previous.get("phase") != current.get("phase")
+    out = []
+    if phase_changed:
         ready = cur.get(ConditionType.READY, {})
         phase = current["phase"]
         reason = ready.get("reason") or phase
         message = f"phase {previous.get('phase') or 'None'} -> {phase}"
         if ready.get("message"):
             message += f": {ready['message']}"
-        return [Transition("Warning" if phase in WARNING_PHASES else "Normal", reason, message)]
-    prev = {c.get("type"): c for c in previous.get("conditions") or []}
-    out = []
+        out.append(Transition("Warning" if phase in WARNING_PHASES else "Normal", reason, message))
     for ctype, c in cur.items():
+        if phase_changed and ctype not in _OWN_EVENT:
+            continue
         p = prev.get(ctype)
         if p is None or p.get("status") != c["status"] or p.get("reason") != c["reason"]:
             bad = (ctype == ConditionType.READY and c["status"] == "False") or (
-                ctype in (ConditionType.DEGRADED, ConditionType.AUTOSCALING_METRIC_MISSING) and c["status"] == "True"
+                ctype in (ConditionType.DEGRADED, ConditionType.AUTOSCALING_METRIC_MISSING, ConditionType.CONFLICT)
+                and c["status"] == "True"
             )
             out.append(
                 Transition(

@@ -58,6 +58,8 @@ class StatusWriter:
             serve_push_error=entry.serve_push_error,
             metric_missing=entry.metric_missing,
             autoscaling=bool(md and md.spec.autoscaling),
+            apply_error=entry.apply_error,
+            conflict=entry.conflict.message() if entry.conflict is not None else None,
         )
 
     async def write(self, entry: Entry) -> None:

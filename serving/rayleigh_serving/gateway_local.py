@@ -80,6 +80,8 @@ class LocalGateway:
             "127.0.0.1",
             "--port",
             str(self.port),
+            "--metrics-port",  # its /metrics (a free port: 9090 may be a local Prometheus)
+            str(free_port()),
             "--no-audit",
             "--log-level",
             "warning",

@@ -27,8 +27,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from rayleigh_api import planner
-from rayleigh_api import ModelDeployment
+from rayleigh_api import ModelDeployment, planner
 from rayleigh_api.cli import main
 
 GIB = 1024**3

@@ -108,6 +108,13 @@ def test_every_queried_metric_is_documented() -> None:
 SCRAPE_LABELS = {"namespace", "pod", "job", "instance", "service", "endpoint", "container", "le"}
 
 
+# Metrics the alerts and dashboards already use, awaited from a component that does not export
+# them yet (docs/metrics/alerts.md says so): name -> the labels they will have. The rules use them
+# with a fallback on today's metrics. Once the component registers one, the registry check applies
+# to it as to any other metric and the entry must go (the test below fails until then).
+AWAITED = {"rayleigh_operator_model_deployment_phase": {"model_namespace", "model_deployment", "phase"}}
+
+
 @pytest.mark.parametrize("component", ["gateway", "operator"])
 def test_rayleigh_metrics_queried_exist_in_the_code_with_the_labels_matched(component: str) -> None:
     """Beyond the docs: each `rayleigh_<component>_*` series a query selects is registered by the
@@ -120,16 +127,73 @@ def test_rayleigh_metrics_queried_exist_in_the_code_with_the_labels_matched(comp
     importlib.import_module(f"rayleigh_{component}.metrics")
     collectors = REGISTRY._names_to_collectors  # name (with _total/_bucket/...) -> collector
     prefix = f"rayleigh_{component}_"
+    for name in AWAITED:
+        assert name not in collectors, f"{name} is exported now: remove it from AWAITED"
     used = 0
     for where, expr in all_expressions():
         for name, labels in selectors(expr).items():
             if not name.startswith(prefix):
                 continue
             used += 1
+            if name in AWAITED:
+                assert labels <= AWAITED[name] | SCRAPE_LABELS, f"{where}: {name} will have no {labels}"
+                continue
             assert name in collectors, f"{where}: {name} is not registered by rayleigh_{component}.metrics"
             known = set(getattr(collectors[name], "_labelnames", ())) | SCRAPE_LABELS
             assert labels <= known, f"{where}: {name} has no label(s) {sorted(labels - known)}"
     assert used >= 5
+
+
+def test_every_dashboard_has_namespace_and_model_variables_and_every_panel_filters_by_namespace() -> None:
+    for path in DASHBOARD_FILES:
+        data = json.loads(path.read_text())
+        variables = {v["name"]: v for v in data["templating"]["list"]}
+        assert {"datasource", "namespace", "model"} <= set(variables), path.name
+        for name in ("namespace", "model"):
+            assert variables[name]["type"] == "query" and variables[name]["includeAll"], (path.name, name)
+        # The model variable's values depend on the namespace chosen.
+        assert "$namespace" in variables["model"]["query"], path.name
+        for where, expr in dashboards_build.panel_queries(data):
+            if where.startswith("variable $namespace"):
+                continue
+            assert 'namespace=~"$namespace"' in expr, f"{path.name}: {where} ignores $namespace: {expr}"
+        model_filtered = [e for w, e in dashboards_build.panel_queries(data) if "$model" in e and w.startswith("panel")]
+        assert model_filtered, f"{path.name}: no panel uses $model"
+
+
+def test_up_alerts_select_the_job_names_the_servicemonitors_set() -> None:
+    from tests.chart.helpers import render
+
+    docs = render({"monitoring.serviceMonitors": "true"})
+    jobs = {}
+    for sm in (d for d in docs if d["kind"] == "ServiceMonitor"):
+        (endpoint,) = sm["spec"]["endpoints"]
+        (relabel,) = [r for r in endpoint["relabelings"] if r.get("targetLabel") == "job"]
+        jobs[sm["metadata"]["name"].removeprefix("rayleigh-")] = relabel["replacement"]
+    assert jobs == {"gateway": "rayleigh-gateway", "operator": "rayleigh-operator"}
+    rules = {r["alert"]: r["expr"] for r in alert_rules()}
+    for component, job in jobs.items():
+        expr = rules[f"Rayleigh{component.capitalize()}Down"]
+        assert f'up{{job="{job}"}}' in expr and "absent(" in expr
+
+
+def test_prometheus_rule_leaves_out_the_groups_of_disabled_components() -> None:
+    from tests.chart.helpers import find, render
+
+    def groups(values: dict[str, object]) -> list[str]:
+        rule = find(render({"monitoring.prometheusRule": "true", **values}), "PrometheusRule")
+        return [g["name"] for g in rule["spec"]["groups"]]
+
+    everything = [g["name"] for g in yaml.safe_load(RULES_FILE.read_text())["groups"]]
+    assert groups({}) == everything
+    assert "rayleigh.gateway" not in groups(
+        {
+            "gateway.enabled": False,
+            "operator.endpoint": "http://gw.example/v1",
+            "operator.externalGateway.routesConfigMap": "other-gateway-routes",
+        }
+    )
+    assert groups({"operator.enabled": False}) == ["rayleigh.gateway"]
 
 
 def test_metric_extraction_finds_every_selector() -> None:

@@ -69,7 +69,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("prometheus")
     closed_port = free_port()  # nothing listens there: the backend is unreachable
-    gw_port, prom_port = free_port(), free_port()
+    gw_port, metrics_port, prom_port = free_port(), free_port(), free_port()
     (tmp / "gateway.yaml").write_text(
         yaml.safe_dump(
             {
@@ -90,13 +90,26 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             {
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                 "rule_files": [str(RULES_FILE)],
-                "scrape_configs": [{"job_name": "gateway", "static_configs": [{"targets": [f"127.0.0.1:{gw_port}"]}]}],
+                "scrape_configs": [
+                    {"job_name": "gateway", "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]}
+                ],
             }
         )
     )
     rayleigh = str(Path(sys.executable).with_name("rayleigh"))
     gateway = _start(
-        [rayleigh, "gateway", "--config", str(tmp / "gateway.yaml"), "--host", "127.0.0.1", "--port", str(gw_port)],
+        [
+            rayleigh,
+            "gateway",
+            "--config",
+            str(tmp / "gateway.yaml"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(gw_port),
+            "--metrics-port",  # /metrics is on its own port, not the API's
+            str(metrics_port),
+        ],
         tmp / "gateway.log",
     )
     prometheus = _start(

@@ -134,6 +134,11 @@ class GW:
     upstream: Upstream
 
     @property
+    def metrics_url(self) -> str:
+        """The gateway's /metrics, on its own port (not on the API's)."""
+        return self.thread.metrics_url
+
+    @property
     def audit_path(self) -> Path:
         return Path(self.thread.gateway.settings.audit_path)
 

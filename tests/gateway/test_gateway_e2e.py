@@ -94,7 +94,9 @@ def test_stream_without_include_usage_hides_usage_but_counts_it(e2e: E2E) -> Non
     r = redis.Redis.from_url(e2e.redis_url)
 
     def completion_tokens() -> int:
-        return int(r.hget(f"rayleigh:usage:{key_id}", f"{e2e.model}|completion_tokens") or 0)
+        # Usage is metered per period (rayleigh_gateway.usage): the month keys hold the totals.
+        keys = r.scan_iter(match=f"rayleigh:usage:month:*:{key_id}")
+        return sum(int(r.hget(k, f"{e2e.model}|completion_tokens") or 0) for k in keys)
 
     # Usage is written in batches after each response (every 100 ms): let earlier tests' land first.
     before, settle_deadline = -1, time.monotonic() + 5
@@ -118,7 +120,7 @@ def test_stream_without_include_usage_hides_usage_but_counts_it(e2e: E2E) -> Non
     deadline = time.monotonic() + 5
     after = before
     while time.monotonic() < deadline and after == before:
-        after = int(r.hget(f"rayleigh:usage:{key_id}", f"{e2e.model}|completion_tokens") or 0)
+        after = completion_tokens()
         time.sleep(0.05)
     assert after - before == 6
 

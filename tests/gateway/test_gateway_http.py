@@ -150,11 +150,11 @@ def test_expired_key_is_401(gw: GW) -> None:
     assert err(resp)["code"] == "expired_api_key"
 
 
-def test_key_limited_to_other_models_is_403(gw: GW) -> None:
+def test_key_limited_to_other_models_gets_404_as_for_an_unknown_model(gw: GW) -> None:
     key = gw.key(models=["other-model"])
     resp = chat(gw, "priv-model", key)
-    assert resp.status_code == 403
-    assert err(resp)["code"] == "model_not_allowed"
+    assert resp.status_code == 404  # OpenAI: "does not exist or you do not have access to it"
+    assert err(resp)["code"] == "model_not_found"
     assert chat(gw, "other-model", key).status_code == 200
 
 
@@ -335,11 +335,11 @@ def test_usage_is_counted_in_redis_and_shown_by_keys_usage(gw: GW, redis_server:
 def test_metrics_count_requests_and_auth_failures(gw: GW) -> None:
     chat(gw, "priv-model")
     chat(gw, "priv-model", gw.key())
-    text = HTTP.get(gw.url + "/metrics").text
+    text = HTTP.get(gw.metrics_url).text
     assert 'rayleigh_gateway_requests_total{code="200",model="priv-model",route="test/private"}' in text
     assert 'rayleigh_gateway_auth_failures_total{reason="missing_api_key",route="test/private"}' in text
     assert "rayleigh_gateway_overhead_seconds_bucket" in text
-    assert "rayleigh_gateway_tokens_total{key_id=" in text
+    assert 'rayleigh_gateway_tokens_total{kind="prompt",model="priv-model",route="test/private"}' in text
     assert "rayleigh_gateway_redis_up 1.0" in text
 
 

@@ -123,10 +123,10 @@ def test_jwks_token_with_unknown_kid_is_401(gw: GW, jwt_keys: JWTKeys) -> None:
     assert code(resp) == "unknown_kid"
 
 
-def test_api_key_on_jwt_only_route_is_401(gw: GW) -> None:
+def test_api_key_on_jwt_only_route_is_404_as_for_an_unknown_model(gw: GW) -> None:
     resp = call(gw, "jwt-hs-model", gw.key())
-    assert resp.status_code == 401
-    assert code(resp) == "api_keys_disabled"
+    assert resp.status_code == 404  # the key is valid, but may not see this model
+    assert code(resp) == "model_not_found"
 
 
 def test_garbage_bearer_is_401(gw: GW) -> None:
@@ -137,7 +137,7 @@ def test_garbage_bearer_is_401(gw: GW) -> None:
 
 def test_jwt_failures_are_counted_by_reason(gw: GW) -> None:
     call(gw, "jwt-hs-model", make_jwt(HMAC_SECRET, exp=int(time.time()) - 10))
-    text = HTTP.get(gw.url + "/metrics").text
+    text = HTTP.get(gw.metrics_url).text
     assert 'rayleigh_gateway_auth_failures_total{reason="jwt_expired",route="test/jwt-hs"}' in text
 
 

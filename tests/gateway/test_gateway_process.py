@@ -69,7 +69,7 @@ def test_two_workers_report_one_metrics_view(tmp_path: Path, gw_upstream: Upstre
                 gateway.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
             )
             assert resp.status_code == 200
-        text = httpx.get(gateway.url + "/metrics").text
+        text = httpx.get(gateway.metrics_url).text
         line = next(x for x in text.splitlines() if x.startswith("rayleigh_gateway_requests_total{"))
         assert line.endswith(" 20.0"), line
     finally:

@@ -22,7 +22,7 @@ def chat(gw: GW, model: str, key: str) -> httpx.Response:
 
 def metric(gw: GW, line_prefix: str) -> float:
     """Sum of the samples whose line starts with the prefix."""
-    lines = HTTP.get(gw.url + "/metrics").text.splitlines()
+    lines = HTTP.get(gw.metrics_url).text.splitlines()
     return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(line_prefix))
 
 

@@ -82,7 +82,7 @@ async def test_client_disconnect_cancels_upstream_stream(gw: GW) -> None:
     while time.monotonic() < deadline and gw.upstream.stats()["streams_cancelled"] == before:
         await asyncio.sleep(0.05)
     assert gw.upstream.stats()["streams_cancelled"] == before + 1
-    metrics = HTTP.get(gw.url + "/metrics").text
+    metrics = HTTP.get(gw.metrics_url).text
     assert 'rayleigh_gateway_client_disconnects_total{route="test/private"}' in metrics
 
 

@@ -27,15 +27,38 @@ REPO = Path(__file__).resolve().parents[2]
 # Autoscaling and GPUs: the HPA, GPU requests and every pod setting are in the comparison.
 EXAMPLE = REPO / "manifests" / "examples" / "qwen7b-tp2-autoscale.yaml"
 
-# Every flag `render_flags` adds, with a value other than its default.
-RENDER_FLAGS = {
+# Every flag `render_flags` adds, with a value other than its default (a list: a repeatable flag,
+# given once per item).
+RENDER_FLAGS: dict[str, str | list[str]] = {
     "--image": "registry.example.com/rayleigh/replica:test",
     "--gateway-namespace": "gateway-ns",
     "--operator-namespace": "operator-ns",
     "--gcs-redis-address": "redis.ray-state.svc:6379",
     "--gcs-redis-password-secret": "ray-gcs-redis",
+    "--podmonitor-label": ["release=kube-prometheus-stack", "team=ml"],
+    "--metrics-namespace": ["monitoring", "observability"],
+    "--gateway-pod-label": ["app.kubernetes.io/name=edge", "app.kubernetes.io/component=gateway"],
+    "--operator-pod-label": ["app.kubernetes.io/instance=ops"],
 }
-FLAG_ARGS = [arg for flag, value in RENDER_FLAGS.items() for arg in (flag, value)]
+FLAG_ARGS = [
+    arg
+    for flag, value in RENDER_FLAGS.items()
+    for item in ([value] if isinstance(value, str) else value)
+    for arg in (flag, item)
+]
+# What RenderOptions holds for the repeatable flags above.
+REPEATED = {
+    "--podmonitor-label": {"release": "kube-prometheus-stack", "team": "ml"},
+    "--metrics-namespace": ("monitoring", "observability"),
+    "--gateway-pod-label": {"app.kubernetes.io/name": "edge", "app.kubernetes.io/component": "gateway"},
+    "--operator-pod-label": {"app.kubernetes.io/instance": "ops"},
+}
+OPTION_FIELDS = {
+    "--podmonitor-label": "podmonitor_labels",
+    "--metrics-namespace": "metrics_namespaces",
+    "--gateway-pod-label": "gateway_pod_labels",
+    "--operator-pod-label": "operator_pod_labels",
+}
 
 
 def probe_command() -> click.Command:
@@ -68,7 +91,8 @@ async def test_render_and_operator_give_the_same_objects_for_the_same_flags() ->
 
     config = config_from_params(operator_cmd.make_context("operator", operator_args).params)
     for flag, value in RENDER_FLAGS.items():
-        assert getattr(config.render, flag.removeprefix("--").replace("-", "_")) == value, flag
+        field = OPTION_FIELDS.get(flag, flag.removeprefix("--").replace("-", "_"))
+        assert getattr(config.render, field) == REPEATED.get(flag, value), flag
     md = parse_spec(doc)
     preflight = Preflight(kube=None, config=config)  # type: ignore[arg-type]  # these flags ask no cluster
     options = config.render_options_for(

@@ -126,7 +126,7 @@ def test_gateway_routes_configmap_gathers_every_model_and_drops_deleted_ones(
     """The gateway mounts one ConfigMap as its routes directory; the gateway's own loader reads it."""
     from rayleigh_gateway.routes import load_config
 
-    operator_factory(*FAST)
+    operator_factory(*FAST, "--routes-configmap", "rayleigh-gateway-routes")
     docs = [tiny_doc(n) for n in ("routes-a", "routes-b")]
     for d in docs:
         d["spec"]["model"]["servedModelName"] = f"{d['metadata']['name']}-model"

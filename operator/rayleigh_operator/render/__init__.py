@@ -41,6 +41,7 @@ from rayleigh_operator.render.names import (
     ROUTE_LABEL,
     SERVE_PORT,
     SPEC_HASH_ANNOTATION,
+    STANDARD_LABEL_KEYS,
     child_key,
     child_name,
     labels,
@@ -84,6 +85,7 @@ __all__ = [
     "ROUTE_LABEL",
     "SERVE_PORT",
     "SPEC_HASH_ANNOTATION",
+    "STANDARD_LABEL_KEYS",
     "RenderError",
     "RenderOptions",
     "autoscaling_metric",
@@ -134,5 +136,5 @@ def render(md: api.ModelDeployment, *, options: RenderOptions | None = None) -> 
         if hpa is not None:
             out.append(hpa)
     if options.monitoring:
-        out.append(render_pod_monitor(md))
+        out.append(render_pod_monitor(md, options))
     return out

@@ -52,6 +52,20 @@ def worker_selector(md: api.ModelDeployment) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(md, "workers").items()))
 
 
+# The labels `labels()` puts on every child (the operator lists its children by them): extra labels
+# from flags (`--podmonitor-label`) may not replace them.
+STANDARD_LABEL_KEYS = frozenset(
+    {
+        "app.kubernetes.io/name",
+        "app.kubernetes.io/instance",
+        "app.kubernetes.io/component",
+        "app.kubernetes.io/managed-by",
+        "app.kubernetes.io/part-of",
+        MD_LABEL,
+    }
+)
+
+
 def labels(md: api.ModelDeployment, component: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "rayleigh-model",

@@ -31,6 +31,9 @@ class RenderOptions:
     )
     # Namespaces whose pods may scrape the metrics port (Prometheus); empty: any namespace.
     metrics_namespaces: tuple[str, ...] = ()
+    # Extra labels on every PodMonitor (e.g. release: kube-prometheus-stack, which a default
+    # kube-prometheus-stack's podMonitorSelector requires); never one of the standard labels.
+    podmonitor_labels: dict[str, str] = field(default_factory=dict)
     route_prefix: str = "/"
     # Render PodMonitor (set by the operator when monitoring.coreos.com/v1 is served).
     monitoring: bool = False

@@ -142,11 +142,18 @@ def render_network_policy(md: api.ModelDeployment, options: RenderOptions) -> di
     }
 
 
-def render_pod_monitor(md: api.ModelDeployment) -> dict[str, Any]:
+def render_pod_monitor(md: api.ModelDeployment, options: RenderOptions | None = None) -> dict[str, Any]:
+    """The PodMonitor of the Ray pods' metrics port, with `options.podmonitor_labels` added to its
+    labels: a Prometheus Operator selects PodMonitors by label (kube-prometheus-stack by default
+    only those labelled `release: <its release>`), so without them nothing is scraped."""
+    meta = metadata(md, child_name(md, "pod-monitor"), "monitoring")
+    if options is not None and options.podmonitor_labels:
+        # The standard labels win (the flags refuse them anyway): the operator lists children by them.
+        meta["labels"] = {**options.podmonitor_labels, **meta["labels"]}
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PodMonitor",
-        "metadata": metadata(md, child_name(md, "pod-monitor"), "monitoring"),
+        "metadata": meta,
         "spec": {
             "selector": {"matchLabels": selector_labels(md)},
             "podMetricsEndpoints": [

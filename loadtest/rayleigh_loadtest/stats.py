@@ -1,0 +1,208 @@
+"""Figures from measured requests: percentiles, throughput, goodput, and bootstrap intervals.
+
+Pure functions over `Record`s (no I/O), so that a saved run can be summarized again.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .client import Record
+
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass(frozen=True)
+class Slo:
+    """Service-level objectives a request must meet to count towards goodput (None: not set)."""
+
+    ttft_s: float | None = None
+    itl_s: float | None = None  # on the request's mean inter-token latency (TPOT)
+    e2e_s: float | None = None
+
+    def met(self, r: Record) -> bool:
+        if not r.ok:
+            return False
+        if self.ttft_s is not None and (r.ttft is None or r.ttft > self.ttft_s):
+            return False
+        tpot = r.tpot
+        if self.itl_s is not None and tpot is not None and tpot > self.itl_s:
+            return False
+        return self.e2e_s is None or r.e2e <= self.e2e_s
+
+    def to_json(self) -> dict[str, float | None]:
+        def ms(v: float | None) -> float | None:
+            return None if v is None else round(v * 1e3, 3)
+
+        return {"ttft_ms": ms(self.ttft_s), "itl_ms": ms(self.itl_s), "e2e_ms": ms(self.e2e_s)}
+
+
+def _ms(v: float) -> float:
+    return round(float(v) * 1e3, 3)
+
+
+def percentiles(values: Sequence[float], prefix: str) -> dict[str, float | None]:
+    """`{prefix}_p50_ms`, `_p90_ms`, `_p99_ms`, `_mean_ms` of `values` (seconds); None when empty."""
+    out: dict[str, float | None] = {}
+    if len(values) == 0:
+        for p in PERCENTILES:
+            out[f"{prefix}_p{p}_ms"] = None
+        out[f"{prefix}_mean_ms"] = None
+        return out
+    arr = np.asarray(values, dtype=float)
+    for p, v in zip(PERCENTILES, np.percentile(arr, PERCENTILES), strict=True):
+        out[f"{prefix}_p{p}_ms"] = _ms(v)
+    out[f"{prefix}_mean_ms"] = _ms(arr.mean())
+    return out
+
+
+def tokens_source(records: Sequence[Record]) -> str | None:
+    sources = {r.tokens_source for r in records if r.ok}
+    if not sources:
+        return None
+    return sources.pop() if len(sources) == 1 else "mixed"
+
+
+def errors_by_status(records: Sequence[Record]) -> dict[str, int]:
+    return dict(sorted(Counter(r.error for r in records if r.error is not None).items()))
+
+
+def summarize(
+    records: Sequence[Record],
+    *,
+    elapsed_s: float,
+    slo: Slo,
+    cancelled: int = 0,
+) -> dict[str, Any]:
+    """The figures of one step (one load level): see docs/BENCH.md for each key."""
+    ok = [r for r in records if r.ok]
+    elapsed = max(elapsed_s, 1e-9)
+    out_tokens = sum(r.output_tokens for r in ok)
+    met = sum(1 for r in records if slo.met(r))
+    prompt = [r.prompt_tokens for r in ok if r.prompt_tokens is not None]
+    fig: dict[str, Any] = {
+        "duration_s": round(elapsed_s, 4),
+        "requests": len(records),
+        "completed": len(ok),
+        "failed": len(records) - len(ok),
+        "cancelled": cancelled,
+        "errors": errors_by_status(records),
+        "output_tokens": out_tokens,
+        "output_tokens_source": tokens_source(records),
+        "prompt_tokens_mean": round(sum(prompt) / len(prompt), 2) if prompt else None,
+        "output_tokens_per_s": round(out_tokens / elapsed, 3),
+        "requests_per_s": round(len(ok) / elapsed, 3),
+        "goodput": round(met / len(records), 4) if records else None,
+        "goodput_requests_per_s": round(met / elapsed, 3),
+    }
+    fig.update(percentiles([r.ttft for r in ok if r.ttft is not None], "ttft"))
+    fig.update(percentiles([g for r in ok for g in r.itl], "itl"))
+    fig.update(percentiles([t for r in ok if (t := r.tpot) is not None], "tpot"))
+    fig.update(percentiles([r.e2e for r in ok], "e2e"))
+    return fig
+
+
+# --- bootstrap -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """B's figure over A's, with a bootstrap confidence interval (None when it cannot be computed)."""
+
+    value: float | None
+    low: float | None
+    high: float | None
+    confidence: float
+
+    def contains(self, x: float) -> bool:
+        return self.low is not None and self.high is not None and self.low <= x <= self.high
+
+    def to_json(self) -> dict[str, Any]:
+        def r(v: float | None) -> float | None:
+            return None if v is None or not np.isfinite(v) else round(float(v), 4)
+
+        return {"ratio": r(self.value), "low": r(self.low), "high": r(self.high), "confidence": self.confidence}
+
+
+def _interval(boot: np.ndarray, confidence: float) -> tuple[float | None, float | None]:
+    boot = boot[np.isfinite(boot)]
+    if boot.size == 0:
+        return None, None
+    tail = (1 - confidence) / 2 * 100
+    lo, hi = np.percentile(boot, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def median_stat(x: np.ndarray) -> float:
+    """The median of per-request values (a latency)."""
+    return float(np.median(x))
+
+
+def rate_stat(x: np.ndarray) -> float:
+    """Sum of amounts over sum of time, for rows (amount, seconds): a throughput."""
+    return float(x[:, 0].sum() / x[:, 1].sum())
+
+
+def bootstrap_ratio(
+    a: Sequence[np.ndarray],
+    b: Sequence[np.ndarray],
+    stat: Callable[[np.ndarray], float],
+    *,
+    n: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> Ratio:
+    """stat(B) / stat(A) with a two-stage bootstrap interval over paired rounds.
+
+    `a[i]` and `b[i]` are the samples (per-request values, or rows of (amount, seconds) for rates) of
+    round i, measured one after the other. Each resample draws rounds with replacement, the same
+    rounds for both sides (they shared the machine's conditions), then the samples within each drawn
+    round with replacement. Drawing rounds carries the drift between rounds into the interval, which
+    resampling requests alone would miss: interleave many short rounds for a tight, honest interval.
+    """
+    pairs = [(x, y) for x, y in zip(a, b, strict=False) if len(x) and len(y)]
+    if not pairs:
+        return Ratio(None, None, None, confidence)
+    xa = np.concatenate([x for x, _ in pairs])
+    xb = np.concatenate([y for _, y in pairs])
+    rng = np.random.default_rng(seed)
+    k = len(pairs)
+
+    def sizes(side: int) -> tuple[np.ndarray, np.ndarray]:
+        n_ = np.array([len(p[side]) for p in pairs])
+        return n_, np.concatenate([[0], np.cumsum(n_)[:-1]])
+
+    (na, oa), (nb, ob) = sizes(0), sizes(1)
+
+    def draw(pool: np.ndarray, n_: np.ndarray, offsets: np.ndarray, rounds: np.ndarray) -> np.ndarray:
+        # Every sample of each drawn round, drawn again with replacement, in one vectorized step.
+        lengths = np.repeat(n_[rounds], n_[rounds])
+        starts = np.repeat(offsets[rounds], n_[rounds])
+        return pool[starts + (rng.random(lengths.size) * lengths).astype(np.int64)]
+
+    boot = np.empty(n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        base = stat(xa)
+        value = stat(xb) / base if base else None
+        for i in range(n):
+            rounds = rng.integers(0, k, k)
+            boot[i] = stat(draw(xb, nb, ob, rounds)) / stat(draw(xa, na, oa, rounds))
+    lo, hi = _interval(boot, confidence)
+    return Ratio(value, lo, hi, confidence)
+
+
+def time_blocks(records: Sequence[Record], elapsed_s: float, k: int, amount: Callable[[Record], float]) -> np.ndarray:
+    """Rows (amount, seconds): one measured window cut into `k` equal blocks, `amount` summed over
+    the requests that finished in each (for the throughput intervals)."""
+    k = max(1, k)
+    width = elapsed_s / k if elapsed_s > 0 else 1.0
+    sums = np.zeros(k)
+    for r in records:
+        if r.ok:
+            sums[min(k - 1, max(0, int(r.end / width)))] += amount(r)
+    return np.column_stack([sums, np.full(k, width)])
