@@ -82,6 +82,7 @@ def proc_rss_mb(pid: int) -> float:
 def md_doc(i: int) -> dict[str, Any]:
     doc: dict[str, Any] = yaml.safe_load((REPO / "manifests" / "examples" / "tiny.yaml").read_text())
     doc["metadata"] = {"name": f"bench-{i:04d}", "namespace": "default"}
+    doc["spec"]["model"]["servedModelName"] = f"bench-{i:04d}"  # distinct: no route conflicts
     doc["spec"]["model"]["source"] = "hf://Qwen/Qwen2.5-0.5B-Instruct"
     return doc
 
@@ -118,6 +119,9 @@ async def measure(controller: str, n: int, workdir: Path) -> Round:
                 "WARNING",
                 "--dashboard-url",
                 "http://127.0.0.1:9",
+                # As the chart runs it: the gateway routes ConfigMap is part of the work.
+                "--routes-configmap",
+                "rayleigh-gateway-routes",
             ]
         else:
             cmd = [sys.executable, str(REPO / "bench" / "floor_controller.py"), "--kubeconfig", str(kubeconfig)]

@@ -50,10 +50,13 @@ _PROXY_RESPONSES: dict[str, Any] = {
             "text/event-stream": {"schema": {"type": "string"}},
         },
     },
-    "400": _err("Invalid JSON, no model, or the backend refused the request."),
+    "400": _err(
+        "Invalid JSON, no or an invalid model name, a token/sequence count or stream flag of the wrong type "
+        "(`param` names it), or the backend refused the request."
+    ),
     "401": _err("Missing, invalid, expired or revoked credentials."),
     "403": _err("Client address not in the allow-list, or the key may not use this model."),
-    "404": _err("Unknown model."),
+    "404": _err("Unknown model, or one the caller's valid credential may not use."),
     "413": _err("Body larger than the configured limit."),
     "422": _err("The backend refused the request's fields."),
     "429": {
@@ -65,10 +68,23 @@ _PROXY_RESPONSES: dict[str, Any] = {
     "504": _err("The backend did not answer in time."),
 }
 
-# The gateway validates only what it reads (`model`; `stream`, `max_tokens` when they have the
-# right type); every other field passes through untouched to the backend, which validates it
-# (the required fields below are the backend's: a request without them gets its 400).
-_MODEL = {"type": "string", "minLength": 1, "description": "Served model or LoRA adapter name."}
+# The gateway validates only what it reads (`model`, and what sizes a generation: the token
+# budget, the sequence counts, `stream`); every other field passes through untouched to the
+# backend, which validates it (the required fields below are the backend's: a request without
+# them gets its 400).
+_MODEL = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 128,
+    "pattern": "^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
+    "description": "Served model or LoRA adapter name.",
+}
+_COUNT = {"type": "integer", "minimum": 1, "nullable": True}
+_GENERATION = {
+    "max_tokens": {**_COUNT, "description": "Completion budget per sequence (the gateway writes one when absent)."},
+    "n": {**_COUNT, "description": "Sequences to generate (the charge is multiplied by it)."},
+    "stream": {"type": "boolean", "nullable": True},
+}
 
 
 def _post(summary: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -95,7 +111,12 @@ DOCUMENT: dict[str, Any] = {
             {
                 "type": "object",
                 "required": ["model", "messages"],
-                "properties": {"model": _MODEL, "messages": {"type": "array"}},
+                "properties": {
+                    "model": _MODEL,
+                    "messages": {"type": "array"},
+                    **_GENERATION,
+                    "max_completion_tokens": _COUNT,
+                },
             },
         ),
         "/v1/completions": _post(
@@ -103,7 +124,12 @@ DOCUMENT: dict[str, Any] = {
             {
                 "type": "object",
                 "required": ["model", "prompt"],
-                "properties": {"model": _MODEL, "prompt": {"anyOf": [{"type": "string"}, {"type": "array"}]}},
+                "properties": {
+                    "model": _MODEL,
+                    "prompt": {"anyOf": [{"type": "string"}, {"type": "array"}]},
+                    **_GENERATION,
+                    "best_of": _COUNT,
+                },
             },
         ),
         "/v1/embeddings": _post(

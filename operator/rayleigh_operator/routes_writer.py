@@ -27,7 +27,7 @@ import logging
 
 from rayleigh_operator import render
 from rayleigh_operator.kube import CONFIGMAPS, MODEL_DEPLOYMENTS, KubeClient
-from rayleigh_operator.state import Entry, OperatorConfig, Tracked, route_conflicts
+from rayleigh_operator.state import Entry, OperatorConfig, Tracked
 
 log = logging.getLogger("rayleigh.operator")
 
@@ -51,13 +51,19 @@ class RoutesWriter:
         status itself), and write the routes (debounced)."""
         if not self.config.routes_configmap:
             return  # no gateway routes, so no route conflicts: each model has its own Serve URL
+        if skip is not None:
+            self.tracked.note_claim(skip)
+        self._update_conflicts(skip)
+        self._dirty.set()
+
+    def _update_conflicts(self, skip: Entry | None = None) -> None:
         for entry in self.tracked.refresh_conflicts():
             if entry is not skip and entry.md is not None:
                 self.tracked.schedule(entry, 0)
-        self._dirty.set()
 
     def verify(self) -> None:
         """Read the ConfigMap back before the next write (a hand edit is restored too), and write."""
+        self.tracked.rebuild_claims()
         self._verify = True
         self._dirty.set()
 
@@ -66,7 +72,7 @@ class RoutesWriter:
         of the mounted ConfigMap as one route. Invalid or not yet rendered objects get no route, nor
         do those that claim a model name an older one serves."""
         entries = self.tracked.entries
-        conflicts = route_conflicts(c for e in entries.values() if (c := e.claim()) is not None)
+        conflicts = self.tracked.conflicts()
         return {
             f"{namespace}_{name}.json": entry.route_json
             for (namespace, name), entry in sorted(entries.items())
@@ -85,6 +91,7 @@ class RoutesWriter:
         if self.tracked.initial_pending():
             self._dirty.set()  # the run loop comes back after the debounce
             return
+        self._update_conflicts()  # objects of the first listing never applied may have been forgotten
         namespace = self.config.render.gateway_namespace
         desired = self.desired()
         if self._verify:

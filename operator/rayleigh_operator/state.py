@@ -277,6 +277,13 @@ class Tracked:
         # (monotonic) the routes writer waits for them rather than drop their routes.
         self.initial: set[tuple[str, str]] = set()
         self.initial_deadline = 0.0
+        # Every Entry's claim, kept by `note_claim` (and rebuilt by `rebuild_claims`), and their
+        # route_conflicts, recomputed only when a claim changed: an apply that changes none, the
+        # common case, costs a comparison, not a pass over every object.
+        self._claims: dict[tuple[str, str], Claim] = {}
+        self._conflicts: dict[tuple[str, str], Conflict] = {}
+        self._stale = False  # claims changed since the conflicts were computed
+        self._unsynced = False  # conflicts recomputed since entries' `conflict` were last set
 
     def seed(self, bodies: Iterable[dict[str, Any]], wait_seconds: float) -> None:
         """Remember every existing ModelDeployment before its first apply: the names it serves
@@ -290,6 +297,7 @@ class Tracked:
                 continue  # kopf's resume got there first
             with contextlib.suppress(ValueError):  # SpecError too: its apply reports it
                 entry.served = tuple(parse_spec({k: v for k, v in body.items() if k != "status"}).served_models())
+            self.note_claim(entry)
             self.initial.add(entry.key)
         self.initial_deadline = time.monotonic() + wait_seconds
 
@@ -307,16 +315,48 @@ class Tracked:
             if entry.lock.locked():  # its first apply is running: it sets the claim itself
                 continue
             del self.entries[key]
+            self._drop_claim(key)
         self.initial.clear()
         return False
 
     def applied_once(self, key: tuple[str, str]) -> None:
         self.initial.discard(key)
 
+    def note_claim(self, entry: Entry) -> None:
+        """The names `entry` serves (or its spec's validity) may have changed."""
+        claim = entry.claim()
+        if self._claims.get(entry.key) != claim:
+            if claim is None:
+                self._claims.pop(entry.key, None)
+            else:
+                self._claims[entry.key] = claim
+            self._stale = True
+
+    def _drop_claim(self, key: tuple[str, str]) -> None:
+        if self._claims.pop(key, None) is not None:
+            self._stale = True
+
+    def rebuild_claims(self) -> None:
+        """Every claim from scratch (at each resync: whatever path changed one unnoticed)."""
+        claims = {e.key: c for e in self.entries.values() if (c := e.claim()) is not None}
+        if claims != self._claims:
+            self._claims = claims
+            self._stale = True
+
+    def conflicts(self) -> dict[tuple[str, str], Conflict]:
+        """route_conflicts over every claim, recomputed when one changed."""
+        if self._stale:
+            self._conflicts = route_conflicts(self._claims.values())
+            self._stale = False
+            self._unsynced = True
+        return self._conflicts
+
     def refresh_conflicts(self) -> list[Entry]:
-        """Recompute every Entry's route conflict; the entries whose conflict changed."""
-        claims = [c for e in self.entries.values() if (c := e.claim()) is not None]
-        conflicts = route_conflicts(claims)
+        """Set every Entry's route conflict; the entries whose conflict changed."""
+        conflicts = self.conflicts()
+        if not self._unsynced:
+            return []
+        self._unsynced = False
         changed = []
         for key, entry in self.entries.items():
             conflict = conflicts.get(key)
@@ -340,6 +380,7 @@ class Tracked:
 
     def pop(self, namespace: str, name: str) -> Entry | None:
         self.initial.discard((namespace, name))
+        self._drop_claim((namespace, name))
         return self.entries.pop((namespace, name), None)
 
     def schedule(self, entry: Entry, delay: float | None) -> None:

@@ -24,7 +24,7 @@ from rayleigh_gateway.policy import (
 )
 from rayleigh_gateway.ratelimit import Bucket, take_local
 from rayleigh_gateway.resp import _Incomplete, encode_command, parse_reply
-from rayleigh_gateway.routes import ConfigError, load_config, parse_config
+from rayleigh_gateway.routes import ConfigError, load_config, parse_config, served_routes
 
 TRUSTED = parse_networks(["10.0.0.0/8", "fd00::/8"])
 
@@ -180,10 +180,11 @@ def test_config_errors_name_the_field() -> None:
         )
 
 
-def test_config_refuses_a_model_on_two_routes() -> None:
+def test_config_with_a_model_on_two_routes_is_valid_and_serves_one() -> None:
     route = {"backend": "http://x", "models": ["m"]}
-    with pytest.raises(ConfigError, match="served by two routes"):
-        parse_config({"routes": [{"name": "a", **route}, {"name": "b", **route}]})
+    config = parse_config({"routes": [{"name": "b", **route}, {"name": "a", **route}]})
+    served, dropped = served_routes(config.routes)  # no createdAt: ties by namespace/name
+    assert [r.name for r in served] == ["a"] and [c.route.name for c in dropped] == ["b"]
 
 
 def test_config_reads_camel_case_yaml_and_json(tmp_path: Path) -> None:

@@ -357,9 +357,11 @@ def test_watching_one_namespace_grants_nothing_elsewhere(
     apply_docs(kube, tiny("scoped", ns))
     wait_for(lambda: all(children(kube, "scoped", ns).values()), 30, what="children in the watched namespace")
     routes = wait_for(
-        lambda: (cm := kube.get("configmap", f"{release}-gateway-routes", "rayleigh-system"))
-        and f"{ns}_scoped.json" in (cm.get("data") or {})
-        and cm,
+        lambda: (
+            (cm := kube.get("configmap", f"{release}-gateway-routes", "rayleigh-system"))
+            and f"{ns}_scoped.json" in (cm.get("data") or {})
+            and cm
+        ),
         15,
         what="the route in the routes ConfigMap (written debounced, after the children)",
     )
