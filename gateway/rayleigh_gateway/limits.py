@@ -61,8 +61,13 @@ def invalid_param(param: str, message: str, code: str = "invalid_type") -> Gatew
     return GatewayError(400, message, "invalid_request_error", code, param=param)
 
 
+# The largest count the gateway takes (int32, what the OpenAPI document states): larger numbers
+# only ever come from a caller probing it, and some JSON parsers turn them into floats.
+MAX_COUNT = 2**31 - 1
+
+
 def _count(payload: dict[str, Any], name: str) -> int | None:
-    """A positive JSON integer field: its value, None when absent or null, else the 400."""
+    """A positive JSON integer field up to MAX_COUNT: its value, None when absent or null, else the 400."""
     value = payload.get(name)
     if value is None:
         return None
@@ -73,6 +78,10 @@ def _count(payload: dict[str, Any], name: str) -> int | None:
     if value < 1:
         raise invalid_param(
             name, f"Invalid '{name}': {value}; expected an integer of at least 1", "integer_below_min_value"
+        )
+    if value > MAX_COUNT:
+        raise invalid_param(
+            name, f"Invalid '{name}': {value}; expected an integer of at most {MAX_COUNT}", "integer_above_max_value"
         )
     return value
 

@@ -6,6 +6,8 @@ from typing import Any
 
 import orjson
 
+from .limits import MAX_COUNT
+
 _ERROR = {
     "type": "object",
     "required": ["error"],
@@ -79,7 +81,7 @@ _MODEL = {
     "pattern": "^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
     "description": "Served model or LoRA adapter name.",
 }
-_COUNT = {"type": "integer", "minimum": 1, "nullable": True}
+_COUNT = {"type": "integer", "minimum": 1, "maximum": MAX_COUNT, "nullable": True}
 _GENERATION = {
     "max_tokens": {**_COUNT, "description": "Completion budget per sequence (the gateway writes one when absent)."},
     "n": {**_COUNT, "description": "Sequences to generate (the charge is multiplied by it)."},

@@ -173,6 +173,7 @@ def test_seeded_objects_claim_their_names_before_their_first_apply() -> None:
     assert tracked.initial_pending()
     # A younger object applied first (after an operator restart) does not take the name.
     young = tracked.entries[("a", "young")] = entry("young", "2025-06-01T00:00:00Z", "tiny-qwen")
+    tracked.note_claim(young)  # what the routes writer does after each apply
     tracked.refresh_conflicts()
     assert young.conflict is not None and young.conflict.owner == ("a", "old")
     # Never applied by the deadline (deleted meanwhile): forgotten, and the name is free.
