@@ -127,8 +127,8 @@ if [ -z "$RAYLEIGH" ]; then
 fi
 PY="$(dirname "$RAYLEIGH")/python"
 [ -x "$PY" ] || PY=python3
-"$RAYLEIGH" keys create --file "$WORK/keys.yaml" --owner e2e --json >"$WORK/key.json"
-"$RAYLEIGH" keys create --file "$WORK/keys.yaml" --owner e2e-burst --rpm 3 --json >"$WORK/burst.json"
+"$RAYLEIGH" keys create --file "$WORK/keys.yaml" --owner e2e --model "$SERVED" --json >"$WORK/key.json"
+"$RAYLEIGH" keys create --file "$WORK/keys.yaml" --owner e2e-burst --model "$SERVED" --rpm 3 --json >"$WORK/burst.json"
 KEY="$(json "$WORK/key.json" key)"
 BURST_KEY="$(json "$WORK/burst.json" key)"
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f -
