@@ -47,7 +47,10 @@ class SystemPod:
 
 # What a one-node kind cluster runs before anything is installed, with the requests its manifests
 # set (a pod without requests counts as 0 to the scheduler). kind builds the control plane with
-# kubeadm and adds its own CNI and storage manifests to the node image:
+# kubeadm (static pods and addons from kubernetes/kubernetes cmd/kubeadm) and adds its own CNI
+# (kindnet, which also enforces NetworkPolicies) and storage manifests to the node image
+# (kubernetes-sigs/kind pkg/build/nodeimage). Checked against kind v0.32.0 and its main branch of
+# August 2026, and kubeadm's sources; the workflow's node image is kindest/node:v1.34.0.
 KIND_SYSTEM_PODS = [
     SystemPod(
         "kube-apiserver",
