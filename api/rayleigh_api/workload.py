@@ -68,7 +68,7 @@ class HeadResources(ApiModel):
     """What the Ray head pod asks the scheduler for (one per ModelDeployment, whatever the replicas).
 
     The defaults fit a production head (GCS, dashboard, Serve controller and HTTP proxy for many
-    replicas); a small cluster (kind, CI) sets e.g. cpu '250m', memory '3Gi'.
+    replicas); a small cluster (kind, CI) sets e.g. cpu '250m', memory '2560Mi'.
     """
 
     cpu: str = Field(
