@@ -35,7 +35,7 @@ from rayleigh_api.gateway_spec import GatewayAuth, GatewaySpec, JwtAlgorithm, Jw
 from rayleigh_api.model_spec import Adapter, EngineSpec, ModelSpec, RopeScaling, SecretKeyRef
 from rayleigh_api.resource import ModelDeployment, ModelDeploymentSpec
 from rayleigh_api.status import FAILED_REASONS, Condition, ConditionType, ModelDeploymentStatus, Phase, Reason
-from rayleigh_api.workload import Autoscaling, ImageSpec, Resources, Rollout, ServingSpec, Toleration
+from rayleigh_api.workload import Autoscaling, HeadResources, ImageSpec, Resources, Rollout, ServingSpec, Toleration
 
 __all__ = [
     "ADAPTER_SOURCE_PATTERN",
@@ -64,6 +64,7 @@ __all__ = [
     "ExtraArg",
     "GatewayAuth",
     "GatewaySpec",
+    "HeadResources",
     "ImageSpec",
     "JwtAlgorithm",
     "JwtAuth",

@@ -56,7 +56,9 @@ class ModelDeploymentSpec(ApiModel):
         default=None, description="Scale replicas automatically on a serving signal."
     )
     resources: Resources = Field(
-        default_factory=Resources, description="Resources per replica.", json_schema_extra={"default": {}}
+        default_factory=Resources,
+        description="Resources per replica (workers), and the Ray head's under `head`.",
+        json_schema_extra={"default": {}},
     )
     gateway: GatewaySpec = Field(
         default_factory=GatewaySpec,

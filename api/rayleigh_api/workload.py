@@ -64,8 +64,28 @@ class Toleration(ApiModel):
     )
 
 
+class HeadResources(ApiModel):
+    """What the Ray head pod asks the scheduler for (one per ModelDeployment, whatever the replicas).
+
+    The defaults fit a production head (GCS, dashboard, Serve controller and HTTP proxy for many
+    replicas); a small cluster (kind, CI) sets e.g. cpu '250m', memory '2560Mi'.
+    """
+
+    cpu: str = Field(
+        default="2",
+        pattern=QUANTITY_PATTERN,
+        description="CPU request of the Ray head, e.g. '2' or '500m'. Ray advertises no CPU on the head, so no "
+        "replica runs there: it holds GCS, the dashboard, the Serve controller and an HTTP proxy.",
+    )
+    memory: str = Field(
+        default="8Gi",
+        pattern=QUANTITY_PATTERN,
+        description="Memory request and limit of the Ray head, e.g. '8Gi'.",
+    )
+
+
 class Resources(ApiModel):
-    """What one replica asks the scheduler for."""
+    """What one replica asks the scheduler for, and the Ray head's own requests."""
 
     gpus: int = Field(
         default=1,
@@ -95,6 +115,11 @@ class Resources(ApiModel):
     )
     priority_class_name: str | None = Field(
         default=None, max_length=253, description="PriorityClass for replica pods on shared GPU clusters."
+    )
+    head: HeadResources = Field(
+        default_factory=HeadResources,
+        description="CPU and memory of the Ray head pod (one per ModelDeployment, not per replica).",
+        json_schema_extra={"default": {}},
     )
 
 

@@ -111,6 +111,22 @@ CASES = [
     Case("model-missing", tiny, _drop_model, "spec.model", "required", "openapi"),
     Case("unknown-field", tiny, _set("spec.modle", {"source": "hf://a/b"}), "spec.modle", "unknown field", "strict"),
     Case(
+        "head-memory-not-a-quantity",
+        tiny,
+        _set("spec.resources.head", {"memory": "8 GB"}),
+        "spec.resources.head.memory",
+        "Kubernetes quantity",
+        "openapi",
+    ),
+    Case(
+        "head-cpu-not-a-quantity",
+        tiny,
+        _set("spec.resources.head", {"cpu": "two"}),
+        "spec.resources.head.cpu",
+        "Kubernetes quantity",
+        "openapi",
+    ),
+    Case(
         "min-above-max-replicas",
         gpu_model,
         _set("spec.autoscaling", {"minReplicas": 4, "maxReplicas": 2}),

@@ -1,7 +1,7 @@
 """Delivery: GitHub workflows, Dockerfiles and the Argo CD Application with its health check.
 
 No Docker engine and no Argo CD run here: the images are built and the workflows run in GitHub
-Actions (e2e-kind.yml builds the images and installs the chart into kind). Here the workflows are
+Actions (e2e-kind.yml runs tests/e2e/kind.sh, checked in test_kind_e2e.py). Here the workflows are
 parsed (tests/chart/test_workflows.py lints them and the Dockerfiles with actionlint, zizmor and
 hadolint), the Dockerfiles are checked for the extra each image installs,
 the images' entry points are imported with Ray, vLLM and torch made unimportable (what the slim
@@ -59,25 +59,6 @@ def test_ci_runs_lint_unit_integration_and_chart_checks() -> None:
     assert ".ci/run" in runs["integration"]
     for needle in ("helm lint --strict", "kubeconform -strict", "promtool test rules", "pytest", "sync.py --check"):
         assert needle in runs["chart"], needle
-
-
-def test_e2e_builds_every_image_installs_the_chart_and_queries_through_the_gateway() -> None:
-    data = workflow("e2e-kind.yml")
-    steps = data["jobs"]["kind"]["steps"]
-    assert any(s.get("uses", "").startswith("helm/kind-action@") for s in steps)
-    text = all_run_text(data)
-    assert "for extra in operator gateway" in text
-    assert 'docker build -f images/slim/Dockerfile --build-arg "EXTRA=$extra"' in text
-    assert "docker build -f images/replica/Dockerfile" in text
-    assert "for image in operator gateway replica" in text and "kind load docker-image" in text
-    assert {p.name for p in IMAGES.iterdir() if (p / "Dockerfile").exists()} == {"slim", "replica", "replica-cuda"}
-    assert "helm install rayleigh charts/rayleigh" in text
-    assert "kubectl apply -f manifests/examples/tiny.yaml" in text
-    assert "jsonpath='{.status.phase}'=Ready" in text
-    assert "from openai import OpenAI" in text and "chat.completions.create" in text
-    assert "helm test rayleigh" in text
-    dump = [s for s in steps if s.get("if") == "failure()"]
-    assert dump and "kubectl" in dump[0]["run"] and "logs" in dump[0]["run"]
 
 
 def test_release_pushes_images_and_the_chart_on_tags() -> None:

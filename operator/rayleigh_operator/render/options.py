@@ -42,7 +42,5 @@ class RenderOptions:
     # GCS fault tolerance: Ray head state in an external Redis ("host:port").
     gcs_redis_address: str | None = None
     gcs_redis_password_secret: str | None = None  # Secret name, key "password"
-    head_cpu: str = "2"
-    head_memory: str = "8Gi"
     model_cache_size: str = "200Gi"
     shm_size: str | None = None  # default: half of resources.memory, else 8Gi

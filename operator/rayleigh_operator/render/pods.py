@@ -141,10 +141,13 @@ def _image(md: api.ModelDeployment, options: RenderOptions) -> str:
 
 def render_head(md: api.ModelDeployment, options: RenderOptions) -> list[dict[str, Any]]:
     volumes, mounts = _volumes(md, options)
+    head = md.spec.resources.head
+    # The head advertises no CPU to Ray: no Serve replica ever lands on it (they need one CPU, or
+    # GPUs), so spec.resources.head only sizes GCS, the dashboard, the Serve controller and proxy.
     head_cmd = (
         f"ray start --head --block --port={GCS_PORT} --dashboard-host=0.0.0.0 "
         f"--dashboard-port={DASHBOARD_PORT} --metrics-export-port={METRICS_PORT} "
-        f"--ray-client-server-port={CLIENT_PORT} --num-gpus=0 --num-cpus={cpu_count(options.head_cpu)} "
+        f"--ray-client-server-port={CLIENT_PORT} --num-gpus=0 --num-cpus=0 "
         "--disable-usage-stats"
     )
     container = {
@@ -164,8 +167,8 @@ def render_head(md: api.ModelDeployment, options: RenderOptions) -> list[dict[st
             {"name": "client", "containerPort": CLIENT_PORT},
         ],
         "resources": {
-            "requests": {"cpu": options.head_cpu, "memory": options.head_memory},
-            "limits": {"memory": options.head_memory},
+            "requests": {"cpu": head.cpu, "memory": head.memory},
+            "limits": {"memory": head.memory},
         },
         "readinessProbe": _probe(f"{_RAYLET_OK} && {_GCS_OK}", period=5, failures=10),
         "livenessProbe": _probe(f"{_RAYLET_OK} && {_GCS_OK}", period=5, failures=120, initial=30),
