@@ -29,3 +29,9 @@ MODEL_DEPLOYMENTS = Gauge(
     "ModelDeployments this operator tracks, by phase.",
     ["phase"],
 )
+MODEL_DEPLOYMENT_PHASE = Gauge(
+    "rayleigh_operator_model_deployment_phase",
+    "1 for each ModelDeployment this operator tracks, labelled with its current phase (one series per "
+    "object: the previous phase's series is removed on a transition, all on delete).",
+    ["model_namespace", "model_deployment", "phase"],
+)

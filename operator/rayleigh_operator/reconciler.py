@@ -75,10 +75,9 @@ class Reconciler:
 
     def forget(self, namespace: str, name: str) -> None:
         """The ModelDeployment is gone: drop its Entry, its route and its count in the phase gauge."""
-        entry = self.tracked.pop(namespace, name)
+        self.tracked.pop(namespace, name)
         self.routes.refresh()  # a younger object may now take over a name this one served
-        if entry is not None:
-            self.status.count_phase((entry.status or {}).get("phase"), None)
+        self.status.count_phase((namespace, name), None)
 
     async def sync_serve(self, entry: Entry) -> None:
         """Deploy or update the Serve application when the head is ready; refresh status."""

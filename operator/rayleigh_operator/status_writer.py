@@ -3,7 +3,9 @@
 The status itself is computed by the pure `status` module; this module gathers what it needs
 from an Entry, writes the result with a merge patch only when something changed (transition
 timestamps aside), posts an Event for each transition (`status.transitions`) and keeps the
-`rayleigh_operator_model_deployments{phase}` gauge.
+phase gauges: `rayleigh_operator_model_deployments{phase}` (a count per phase) and
+`rayleigh_operator_model_deployment_phase{model_namespace, model_deployment, phase}` (one series per
+object, bounded by the objects the operator tracks, as kube-state-metrics does).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class StatusWriter:
         self.on_gone = on_gone
         self._instance = os.environ.get("POD_NAME") or socket.gethostname()
         self._phases: dict[str, int] = {phase.value: 0 for phase in api.Phase}
+        self._counted: dict[tuple[str, str], str] = {}  # the phase each object is counted under
 
     def observed(self, entry: Entry) -> status.Observed:
         md = entry.md
@@ -66,6 +69,9 @@ class StatusWriter:
         """Write the status when it differs from the last one written, then post its Events."""
         new = status.compute_status(self.observed(entry), entry.status, _timestamp())
         if not status.status_differs(entry.status, new):
+            # Unchanged (e.g. after an operator restart, the stored status is already right):
+            # counted all the same.
+            self.count_phase(entry.key, (entry.status or {}).get("phase"))
             return
         previous = entry.status
         try:
@@ -76,20 +82,26 @@ class StatusWriter:
                 return
             raise
         entry.status = new
-        self.count_phase((previous or {}).get("phase"), new.get("phase"))
+        self.count_phase(entry.key, new.get("phase"))
         for t in status.transitions(previous, new):
             await self.post_event(entry, t)
 
-    def count_phase(self, old: str | None = None, new: str | None = None) -> None:
-        """Move one object from phase `old` to `new` in the per-phase gauge (None: not counted)."""
-        if old == new:
+    def count_phase(self, key: tuple[str, str], phase: str | None) -> None:
+        """Count object `key` (namespace, name) under `phase` in the phase gauges (None: no longer
+        counted, e.g. deleted)."""
+        old = self._counted.get(key)
+        if old == phase or (phase is not None and phase not in self._phases):
             return
-        if old in self._phases:
+        if old is not None:
+            del self._counted[key]
             self._phases[old] -= 1
             metrics.MODEL_DEPLOYMENTS.labels(old).set(self._phases[old])
-        if new in self._phases:
-            self._phases[new] += 1
-            metrics.MODEL_DEPLOYMENTS.labels(new).set(self._phases[new])
+            metrics.MODEL_DEPLOYMENT_PHASE.remove(*key, old)
+        if phase is not None:
+            self._counted[key] = phase
+            self._phases[phase] += 1
+            metrics.MODEL_DEPLOYMENTS.labels(phase).set(self._phases[phase])
+            metrics.MODEL_DEPLOYMENT_PHASE.labels(*key, phase).set(1)
 
     async def post_event(self, entry: Entry, t: status.Transition) -> None:
         meta = entry.body["metadata"]

@@ -152,3 +152,28 @@ def test_status_is_the_typed_api_status_and_a_lost_endpoint_is_cleared() -> None
 def test_spec_problems_are_the_failed_reasons() -> None:
     for reason in api.FAILED_REASONS:
         assert s.compute_status(replace(BASE, spec_problem=(reason, "x")), None, NOW)["phase"] == api.Phase.FAILED
+
+
+def test_phase_gauges_count_each_object_once_and_drop_it_when_deleted() -> None:
+    from prometheus_client import REGISTRY
+
+    from rayleigh_operator.status_writer import StatusWriter
+
+    def per_object(ns: str, name: str, phase: str) -> float | None:
+        labels = {"model_namespace": ns, "model_deployment": name, "phase": phase}
+        return REGISTRY.get_sample_value("rayleigh_operator_model_deployment_phase", labels)
+
+    def count(phase: str) -> float | None:
+        return REGISTRY.get_sample_value("rayleigh_operator_model_deployments", {"phase": phase})
+
+    writer = StatusWriter(kube=None, config=None, on_gone=lambda ns, name: None)  # type: ignore[arg-type]
+    before = count("Ready") or 0.0
+    writer.count_phase(("gauge-ns", "a"), "Deploying")
+    writer.count_phase(("gauge-ns", "a"), "Ready")
+    writer.count_phase(("gauge-ns", "a"), "Ready")  # an unchanged status (e.g. after a restart)
+    writer.count_phase(("gauge-ns", "b"), "Ready")
+    assert per_object("gauge-ns", "a", "Deploying") is None  # the previous phase's series is gone
+    assert per_object("gauge-ns", "a", "Ready") == 1.0 and per_object("gauge-ns", "b", "Ready") == 1.0
+    assert count("Ready") == before + 2
+    writer.count_phase(("gauge-ns", "a"), None)  # deleted
+    assert per_object("gauge-ns", "a", "Ready") is None and count("Ready") == before + 1
