@@ -4,6 +4,9 @@
 - Every other child kind (Services, route ConfigMap, PDB, NetworkPolicy, HPA, PodMonitor):
   `resync_children` lists each kind once per `resync_seconds` and restores what is missing or
   different. That interval is the drift bound.
+- The Ray token Secret: read by name (the operator may not list Secrets) and created again only
+  when missing; never changed (a new token would lock the operator out of the running Ray cluster
+  until its pods restart).
 
 "Different" is `subset`: every field the operator applies still has the value it applies; what
 the API server adds around it (defaults, status, metadata) is not drift. A child restored twice
@@ -20,7 +23,7 @@ from typing import Any
 
 from rayleigh_operator import metrics, render
 from rayleigh_operator.apply import Applier
-from rayleigh_operator.kube import MODEL_DEPLOYMENTS, ApiError, KubeClient, type_of
+from rayleigh_operator.kube import MODEL_DEPLOYMENTS, SECRETS, ApiError, KubeClient, type_of
 from rayleigh_operator.preflight import Preflight
 from rayleigh_operator.state import MANAGED_SELECTOR, Entry, OperatorConfig, Tracked
 from rayleigh_operator.subset import subset
@@ -112,6 +115,9 @@ class Drift:
             for child in self.desired_children(entry):
                 wanted.setdefault((child["apiVersion"], child["kind"]), []).append((entry, child))
         for (_, kind), pairs in wanted.items():
+            if kind == "Secret":
+                await self._resync_secrets(pairs)
+                continue
             rtype = type_of(pairs[0][1])
             try:
                 # Per watched namespace: a namespaced Role grants no cluster-wide list.
@@ -130,3 +136,16 @@ class Drift:
                     self.tracked.schedule(entry, 0)
                 if drifted(child, obj):
                     await self.restore(entry, child, "missing" if obj is None else "edited")
+
+    async def _resync_secrets(self, pairs: list[tuple[Entry, dict[str, Any]]]) -> None:
+        """The token Secrets, one GET each (no `list` on Secrets: it would read every Secret of the
+        namespace); a missing one is created again, an existing one is never changed."""
+        for entry, child in pairs:
+            meta = child["metadata"]
+            try:
+                obj = await self.kube.get(SECRETS, meta["namespace"], meta["name"])
+            except ApiError as exc:
+                log.warning("resync: cannot get Secret %s/%s: %s", meta["namespace"], meta["name"], exc.status)
+                continue
+            if obj is None:
+                await self.restore(entry, child, "missing")

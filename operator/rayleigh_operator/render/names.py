@@ -17,7 +17,7 @@ GCS_PORT = 6379
 DASHBOARD_PORT = 8265
 SERVE_PORT = 8000
 METRICS_PORT = 8080
-CLIENT_PORT = 10001
+CLIENT_PORT = 10001  # Ray Client: never exposed (render/pods.py render_head)
 RAYLET_HEALTH_PORT = 52365  # the dashboard agent's port on every Ray node
 
 
@@ -31,6 +31,7 @@ def child_name(md: api.ModelDeployment, component: str) -> str:
         "autoscaler": md.name,
         "pdb": f"{md.name}-workers",
         "pod-monitor": md.name,
+        "ray-token": f"{md.name}-ray-token",
     }
     return names[component]
 
