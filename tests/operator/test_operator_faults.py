@@ -412,4 +412,6 @@ def test_checked_in_rbac_matches_the_generated_one() -> None:
 
 def test_client_refuses_a_call_the_role_does_not_grant() -> None:
     with pytest.raises(rbac.Forbidden, match="secrets"):
-        rbac.check("", "secrets", "get")
+        rbac.check("", "secrets", "list")  # token Secrets are read by name, never listed
+    with pytest.raises(rbac.Forbidden, match="secrets"):
+        rbac.check("", "secrets", "patch")  # and never changed once created
