@@ -234,9 +234,9 @@ def pod_templates(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, str],
 
 def violations(docs: list[dict[str, Any]]) -> dict[str, dict[str, list[str]]]:
     out: dict[str, dict[str, list[str]]] = {}
-    for where, annotations, pod in pod_templates(docs):
+    for where, notes, pod in pod_templates(docs):
         found = {name: check(pod) for name, check in CHECKS.items()}
-        found["appArmorProfile"] += app_armor_annotations(annotations)
+        found["appArmorProfile"] += app_armor_annotations(notes)
         found = {k: v for k, v in found.items() if v}
         if found:
             out[where] = found

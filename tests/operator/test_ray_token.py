@@ -48,9 +48,7 @@ aiohttp.web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=lambda *
 def dashboard() -> Iterator[str]:
     port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", DASHBOARD, str(port)], env=env, stdout=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen([sys.executable, "-c", DASHBOARD, str(port)], env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         yield f"http://127.0.0.1:{port}"
