@@ -177,6 +177,15 @@ def test_ray_token_secret_is_created_once_kept_and_recreated_when_deleted(
     wait_for(lambda: kube.api(path) is not None, 15, what="the token Secret created again")
     assert kube.api(path)["data"]["token"] != first["data"]["token"]
 
+    def restarted(name: str) -> bool:
+        template = kube.get("deployment", name)["spec"]["template"]  # type: ignore[index]
+        return "serving.rayleigh.dev/ray-token-restarted-at" in (template["metadata"].get("annotations") or {})
+
+    # The running Ray pods hold the old token: the head and the workers are rolled.
+    wait_for(lambda: restarted("token-head") and restarted("token-workers"), 15, what="Ray pods restarted")
+    time.sleep(2)  # resyncs and re-applies keep the annotation (not applied: no apply removes it)
+    assert restarted("token-head") and restarted("token-workers")
+
 
 def test_hand_edited_children_are_restored(kube: Kube, operator_factory: Callable[..., OperatorProcess]) -> None:
     operator_factory(*FAST)

@@ -12,6 +12,8 @@ MD_LABEL = "serving.rayleigh.dev/model-deployment"
 ROUTE_LABEL = "serving.rayleigh.dev/route"
 SPEC_HASH_ANNOTATION = "serving.rayleigh.dev/pod-spec-hash"
 DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
+# Set on the Ray pod templates (merge patch, not applied) when the token Secret had to be created again.
+TOKEN_RESTART_ANNOTATION = "serving.rayleigh.dev/ray-token-restarted-at"
 
 GCS_PORT = 6379
 DASHBOARD_PORT = 8265
