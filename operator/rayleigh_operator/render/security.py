@@ -18,7 +18,7 @@ Ray token authentication (Ray >= 2.52; the installed 2.60 is what this was check
 The token lives in a per-model Secret `NAME-ray-token` (key `token`), a child like the others. The
 renderer stays pure: it renders the Secret without data, and the operator creates it once with a
 random token (`rayleigh_operator.apply`, create-only: never server-side applied, so no apply can
-overwrite it, and nothing in it derives from the spec). The pods read it with `secretKeyRef`.
+overwrite it, and nothing in it derives from the spec), `immutable`, so no one else can either. The pods read it with `secretKeyRef`.
 
 Pod security: every Ray container satisfies the `restricted` Pod Security Standard
 (https://kubernetes.io/docs/concepts/security/pod-security-standards/): non-root (the replica images
@@ -46,6 +46,8 @@ def render_ray_token_secret(md: api.ModelDeployment) -> dict[str, Any]:
         "kind": "Secret",
         "metadata": metadata(md, child_name(md, "ray-token"), "ray-token"),
         "type": "Opaque",
+        # The API server refuses any change of its data: a new token needs a new Secret (delete it).
+        "immutable": True,
     }
 
 
