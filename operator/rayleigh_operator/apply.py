@@ -32,15 +32,17 @@ has stored every child of the same round; a worker started earlier would only be
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import re
+import secrets
 import time
 from typing import Any
 
 import rayleigh_api as api
 from rayleigh_api.validation import SpecError
 from rayleigh_operator import metrics, render
-from rayleigh_operator.kube import ApiError, KubeClient, type_of
+from rayleigh_operator.kube import SECRETS, ApiError, KubeClient, type_of
 from rayleigh_operator.preflight import Preflight
 from rayleigh_operator.routes_writer import RoutesWriter
 from rayleigh_operator.state import Entry, OperatorConfig, Tracked, parse_spec
@@ -128,8 +130,30 @@ class Applier:
         entry.retry_at = time.monotonic() + retry_delay(entry.apply_failures, self.config.resync_seconds)
 
     async def apply_child(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply of one child (as the operator's field manager); the object stored."""
+        """Server-side apply of one child (as the operator's field manager); the object stored.
+        The Ray token Secret is created once instead (`create_token_secret`)."""
+        if obj["kind"] == "Secret":
+            return await self.create_token_secret(obj)
         return await self.kube.apply(obj, field_manager=render.FIELD_MANAGER)
+
+    async def create_token_secret(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create the Ray token Secret with a new random token, or leave the one that exists.
+
+        Create-only (a POST, answered 409 AlreadyExists when it exists), never server-side applied:
+        an apply would own `data.token` and have to send the same token on every reconcile, or
+        change it under the running Ray cluster. 256 random bits, as Ray's own generator
+        (ray/_private/authentication/authentication_token_generator.py). Returns the object without
+        its data: nothing after this needs the token, and nothing should log or keep it.
+        """
+        token = secrets.token_hex(32)
+        body = {**obj, "data": {render.RAY_TOKEN_KEY: base64.b64encode(token.encode()).decode()}}
+        try:
+            created: dict[str, Any] = await self.kube.create(SECRETS, obj["metadata"]["namespace"], body)
+        except ApiError as exc:
+            if exc.status == 409:
+                return obj  # exists: kept as it is
+            raise
+        return {k: v for k, v in created.items() if k != "data"}
 
     async def _check_spec(self, entry: Entry) -> None:
         """Steps 1-2: set entry.md and entry.spec_problem."""

@@ -4,6 +4,11 @@
 - Every other child kind (Services, route ConfigMap, PDB, NetworkPolicy, HPA, PodMonitor):
   `resync_children` lists each kind once per `resync_seconds` and restores what is missing or
   different. That interval is the drift bound.
+- The Ray token Secret: read by name (the operator may not list Secrets) and created again only
+  when missing, never changed. A recreated Secret holds a new token that the running Ray pods do
+  not know, so the head and workers are then restarted (a pod-template annotation, as `kubectl
+  rollout restart` does): until they are, the dashboard refuses the operator and new workers could
+  not join the head.
 
 "Different" is `subset`: every field the operator applies still has the value it applies; what
 the API server adds around it (defaults, status, metadata) is not drift. A child restored twice
@@ -14,13 +19,14 @@ whose custom metric has appeared since (to create its HPA).
 
 from __future__ import annotations
 
+import datetime
 import logging
 import time
 from typing import Any
 
 from rayleigh_operator import metrics, render
 from rayleigh_operator.apply import Applier
-from rayleigh_operator.kube import MODEL_DEPLOYMENTS, ApiError, KubeClient, type_of
+from rayleigh_operator.kube import DEPLOYMENTS, MODEL_DEPLOYMENTS, SECRETS, ApiError, KubeClient, type_of
 from rayleigh_operator.preflight import Preflight
 from rayleigh_operator.state import MANAGED_SELECTOR, Entry, OperatorConfig, Tracked
 from rayleigh_operator.subset import subset
@@ -62,21 +68,22 @@ class Drift:
             return render.render_workers(md, options)
         return None
 
-    async def restore(self, entry: Entry, desired: dict[str, Any], why: str) -> None:
-        """Re-apply one child, unless its owner is going away or it was restored a moment ago."""
+    async def restore(self, entry: Entry, desired: dict[str, Any], why: str) -> bool:
+        """Re-apply one child, unless its owner is going away or it was restored a moment ago;
+        True when it was re-applied."""
         key = f"{desired['kind']}/{desired['metadata']['name']}"
         now = time.monotonic()
         if now - entry.last_restore.get(key, -1e9) < self.config.poll_seconds:
             # Something keeps changing it back: do not fight in a tight loop.
             self.tracked.schedule(entry, self.config.poll_seconds)
-            return
+            return False
         owner = await self.kube.get(MODEL_DEPLOYMENTS, entry.namespace, entry.name)
         if (
             owner is None
             or owner["metadata"].get("deletionTimestamp")
             or (owner["metadata"].get("uid") != entry.body["metadata"].get("uid"))
         ):
-            return  # going away with its owner: garbage collection, not drift
+            return False  # going away with its owner: garbage collection, not drift
         entry.last_restore[key] = now
         log.info("%s/%s: re-applying %s %s", entry.namespace, entry.name, why, key)
         metrics.CHILD_RESTORES.labels(desired["kind"]).inc()
@@ -84,6 +91,7 @@ class Drift:
         entry.record_applied(result)
         if entry.observe_deployment(result):
             self.tracked.schedule(entry, 0)
+        return True
 
     async def resync_children(self) -> None:
         """List every child kind once and re-apply what is missing or edited (the drift bound)."""
@@ -112,6 +120,9 @@ class Drift:
             for child in self.desired_children(entry):
                 wanted.setdefault((child["apiVersion"], child["kind"]), []).append((entry, child))
         for (_, kind), pairs in wanted.items():
+            if kind == "Secret":
+                await self._resync_secrets(pairs)
+                continue
             rtype = type_of(pairs[0][1])
             try:
                 # Per watched namespace: a namespaced Role grants no cluster-wide list.
@@ -130,3 +141,29 @@ class Drift:
                     self.tracked.schedule(entry, 0)
                 if drifted(child, obj):
                     await self.restore(entry, child, "missing" if obj is None else "edited")
+
+    async def _resync_secrets(self, pairs: list[tuple[Entry, dict[str, Any]]]) -> None:
+        """The token Secrets, one GET each (no `list` on Secrets: it would read every Secret of the
+        namespace); a missing one is created again, an existing one is never changed."""
+        for entry, child in pairs:
+            meta = child["metadata"]
+            try:
+                obj = await self.kube.get(SECRETS, meta["namespace"], meta["name"])
+            except ApiError as exc:
+                log.warning("resync: cannot get Secret %s/%s: %s", meta["namespace"], meta["name"], exc.status)
+                continue
+            if obj is None and await self.restore(entry, child, "missing"):
+                await self._restart_ray_pods(entry, meta["namespace"])
+
+    async def _restart_ray_pods(self, entry: Entry, namespace: str) -> None:
+        """Roll the head and the workers so that they start with the new token."""
+        if entry.md is None:
+            return
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {"spec": {"template": {"metadata": {"annotations": {render.TOKEN_RESTART_ANNOTATION: now}}}}}
+        for component in ("head", "workers"):
+            try:
+                await self.kube.patch(DEPLOYMENTS, namespace, render.child_name(entry.md, component), body)
+            except ApiError as exc:
+                log.warning("%s/%s: cannot restart the Ray %s: %s", entry.namespace, entry.name, component, exc)
+        log.info("%s/%s: Ray token Secret created again: Ray pods restarted", entry.namespace, entry.name)

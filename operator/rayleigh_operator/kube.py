@@ -68,6 +68,7 @@ TYPES: dict[tuple[str, str], ResourceType] = {
     ("apps/v1", "Deployment"): ResourceType("apps", "v1", "deployments"),
     ("v1", "Service"): ResourceType("", "v1", "services"),
     ("v1", "ConfigMap"): ResourceType("", "v1", "configmaps"),
+    ("v1", "Secret"): ResourceType("", "v1", "secrets"),
     ("v1", "Event"): ResourceType("", "v1", "events"),
     ("v1", "Node"): ResourceType("", "v1", "nodes", namespaced=False),
     ("v1", "Pod"): ResourceType("", "v1", "pods"),
@@ -85,6 +86,7 @@ NODES = TYPES[("v1", "Node")]
 EVENTS = TYPES[("v1", "Event")]
 PODS = TYPES[("v1", "Pod")]
 CONFIGMAPS = TYPES[("v1", "ConfigMap")]
+SECRETS = TYPES[("v1", "Secret")]
 
 
 def type_of(obj: dict[str, Any]) -> ResourceType:

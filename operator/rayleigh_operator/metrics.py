@@ -16,7 +16,7 @@ RECONCILE_SECONDS = Histogram(
 )
 SERVE_DEPLOYS = Counter(
     "rayleigh_operator_serve_deploys_total",
-    "PUTs of a Serve config to a Ray dashboard by result: accepted, rejected, unreachable, conflict.",
+    "PUTs of a Serve config to a Ray dashboard by result: accepted, rejected, unreachable, unauthorized, conflict.",
     ["result"],
 )
 CHILD_RESTORES = Counter(

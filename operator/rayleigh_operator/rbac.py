@@ -27,9 +27,18 @@ cannot narrow a patch to one annotation; the chart's ValidatingAdmissionPolicy d
 (templates/operator-rbac.yaml, `operator.rbac.podPatchPolicy`): the operator's service account may
 change nothing else of a pod. No `get` on pods: the operator never reads one pod alone.
 
-What the operator never gets: Secrets (Hugging Face tokens reach pods through secretKeyRef; the
-operator only names the Secret), pods/exec, delete on anything (children go with their owner
-through garbage collection), writes to cluster-scoped objects.
+Secrets: `create` + `get` in the watched namespaces, for one Secret per ModelDeployment, the Ray
+cluster's auth token (`NAME-ray-token`): created once with a random token (a POST that fails with 409
+when it exists: never patched, so never overwritten) and read to call the Ray dashboard with it. RBAC
+cannot narrow either to these Secrets: `resourceNames` cannot restrict `create` (the name is not
+part of a create request's URL) and the names follow the ModelDeployments, so `get` would need a
+rule edited per object; so the role can read any Secret in a watched namespace by name. No `list`,
+`watch`, `patch` or `update` on Secrets: the operator never lists them (its resync GETs each token
+Secret by name) and never changes one. Other Secrets (Hugging Face tokens, Redis passwords) reach
+pods through secretKeyRef; the operator only names them.
+
+What the operator never gets: pods/exec, delete on anything (children go with their owner through
+garbage collection), writes to cluster-scoped objects.
 """
 
 from __future__ import annotations
@@ -76,6 +85,7 @@ TABLE: tuple[Permission, ...] = (
     Permission("autoscaling", "horizontalpodautoscalers", APPLY),
     Permission("monitoring.coreos.com", "podmonitors", APPLY),
     Permission("", "pods", ("list", "patch"), why="pod-deletion-cost annotation on worker pods"),
+    Permission("", "secrets", ("get", "create"), why="the Ray auth token Secret: created once, read for the dashboard"),
     Permission("", "events", ("create",), why="an Event on every status transition"),
     Permission("", "nodes", ("list",), cluster=True, why="GPU preflight: which GPU counts nodes offer"),
     Permission(

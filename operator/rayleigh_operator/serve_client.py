@@ -6,6 +6,11 @@ started with `serve.run`). So this client never calls DELETE; to add, update or 
 application it GETs the current state, keeps every other declaratively deployed application as
 it is, and PUTs the result. Ray accepts two applications on one route prefix while only one gets
 the traffic, so a conflicting prefix is refused here before any PUT.
+
+Ray token auth: with a token, every request carries `Authorization: Bearer <token>`, the header the
+dashboard checks first (ray/_private/authentication/http_token_authentication.py,
+`token_auth_middleware`; authentication_constants.py). It answers 401 without a token and 403 with a
+wrong one; `ServeError.status` tells the caller, which then reads the token again.
 """
 
 from __future__ import annotations
@@ -24,9 +29,19 @@ APPLICATIONS_PATH = "/api/serve/applications/"
 class ServeError(Exception):
     """The dashboard refused or could not be reached; `reachable` tells which."""
 
-    def __init__(self, message: str, *, reachable: bool) -> None:
+    def __init__(self, message: str, *, reachable: bool, status: int | None = None) -> None:
         super().__init__(message)
         self.reachable = reachable
+        self.status = status
+
+    @property
+    def auth_refused(self) -> bool:
+        """The dashboard wants a token (401) or another one (403)."""
+        return self.status in (401, 403)
+
+
+def auth_headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 @dataclass(frozen=True)
@@ -132,24 +147,32 @@ class ServeClient:
         if self._session is not None:
             await self._session.close()
 
-    async def get(self, dashboard_url: str) -> dict[str, Any]:
+    async def get(self, dashboard_url: str, *, token: str | None = None) -> dict[str, Any]:
         session = await self.session()
         try:
-            async with session.get(dashboard_url.rstrip("/") + APPLICATIONS_PATH) as resp:
+            url = dashboard_url.rstrip("/") + APPLICATIONS_PATH
+            async with session.get(url, headers=auth_headers(token)) as resp:
                 text = await resp.text()
                 if resp.status != 200:
-                    raise ServeError(f"GET {APPLICATIONS_PATH}: HTTP {resp.status}: {text[:300]}", reachable=True)
+                    raise ServeError(
+                        f"GET {APPLICATIONS_PATH}: HTTP {resp.status}: {text[:300]}", reachable=True, status=resp.status
+                    )
                 result: dict[str, Any] = json.loads(text)
                 return result
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ServeError(f"Ray dashboard {dashboard_url} unreachable: {exc!r}", reachable=False) from None
 
-    async def put(self, dashboard_url: str, body: dict[str, Any]) -> None:
+    async def put(self, dashboard_url: str, body: dict[str, Any], *, token: str | None = None) -> None:
         session = await self.session()
         try:
-            async with session.put(dashboard_url.rstrip("/") + APPLICATIONS_PATH, json=body) as resp:
+            url = dashboard_url.rstrip("/") + APPLICATIONS_PATH
+            async with session.put(url, json=body, headers=auth_headers(token)) as resp:
                 text = await resp.text()
                 if resp.status != 200:
-                    raise ServeError(f"Serve rejected the config (HTTP {resp.status}): {text[:500]}", reachable=True)
+                    raise ServeError(
+                        f"Serve rejected the config (HTTP {resp.status}): {text[:500]}",
+                        reachable=True,
+                        status=resp.status,
+                    )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ServeError(f"Ray dashboard {dashboard_url} unreachable: {exc!r}", reachable=False) from None

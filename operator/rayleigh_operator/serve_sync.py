@@ -7,6 +7,12 @@ states into the Entry (then the status) and into the worker pods' deletion costs
 failed to deploy (or the operator refused, e.g. a route prefix taken) is not pushed again until
 the spec changes. With a shared Ray cluster, `remove_app` takes one application off it on delete.
 
+The dashboard wants the Ray cluster's auth token (render/security.py): the operator reads it from
+the ModelDeployment's token Secret (`NAME-ray-token`, GET by name) and keeps it until the dashboard
+answers 401/403, then reads it again. With `--external-ray` the cluster is not a child and its token
+is the operator's own `RAY_AUTH_TOKEN` (or the file named by `RAY_AUTH_TOKEN_PATH`), Ray's names;
+neither set: no token is sent.
+
 A Serve PUT replaces every application on a head: GET-then-PUT is a read-modify-write, so two of
 them on one head (two ModelDeployments sharing a Ray cluster, or a deploy racing a delete) run
 under that head's lock (`head_lock`), or one would undo the other.
@@ -15,15 +21,19 @@ under that head's lock (`head_lock`), or one would undo the other.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import dataclasses
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import rayleigh_api as api
 from rayleigh_api.validation import SpecError
 from rayleigh_operator import metrics, render, serve_client
-from rayleigh_operator.kube import PODS, ApiError, KubeClient
+from rayleigh_operator.kube import PODS, SECRETS, ApiError, KubeClient
 from rayleigh_operator.state import Entry, OperatorConfig, Tracked, content_hash, parse_spec
 from rayleigh_operator.status_writer import StatusWriter
 from rayleigh_serving.config import DEPLOYMENT_NAME
@@ -46,6 +56,8 @@ class ServeSync:
         self.tracked = tracked
         self.status = status_writer
         self._head_locks: dict[str, asyncio.Lock] = {}
+        # (namespace, name) -> (uid, token) of each ModelDeployment's Ray token Secret, as last read.
+        self._tokens: dict[tuple[str, str], tuple[str, str]] = {}
 
     def head_lock(self, dashboard_url: str) -> asyncio.Lock:
         return self._head_locks.setdefault(dashboard_url, asyncio.Lock())
@@ -78,8 +90,11 @@ class ServeSync:
         """
         app_name = self.config.app_name_for(md)
         try:
-            details = await self.serve.get(url)
+            token = await self.ray_token(md)
+            details = await self.serve.get(url, token=token)
         except serve_client.ServeError as exc:
+            if exc.auth_refused:
+                self.forget_token(md)
             if entry.dashboard_error is None:
                 log.info("%s/%s: %s", entry.namespace, entry.name, exc)
             entry.dashboard_error = str(exc)
@@ -106,8 +121,14 @@ class ServeSync:
                 entry.failed_app_hash = app_hash
             else:
                 try:
-                    await self.serve.put(url, serve_client.put_body(details, desired))
+                    await self.serve.put(url, serve_client.put_body(details, desired), token=token)
                 except serve_client.ServeError as exc:
+                    if exc.auth_refused:  # not the config's fault: read the token again, retry
+                        self.forget_token(md)
+                        metrics.SERVE_DEPLOYS.labels("unauthorized").inc()
+                        entry.dashboard_error = str(exc)
+                        entry.serve_state = None
+                        return None
                     metrics.SERVE_DEPLOYS.labels("rejected" if exc.reachable else "unreachable").inc()
                     if exc.reachable:
                         entry.serve_push_error = str(exc)
@@ -150,11 +171,63 @@ class ServeSync:
         url, app_name = self.config.dashboard_url_for(md), self.config.app_name_for(md)
         async with self.head_lock(url):
             try:
-                details = await self.serve.get(url)
+                token = await self.ray_token(md)
+                details = await self.serve.get(url, token=token)
             except serve_client.ServeError as exc:
                 if exc.reachable:
                     raise
                 return  # no Ray head, nothing to remove
             if app_name in (details.get("applications") or {}):
-                await self.serve.put(url, serve_client.remove_body(details, app_name))
+                await self.serve.put(url, serve_client.remove_body(details, app_name), token=token)
                 log.info("%s/%s: Serve application %s removed from %s", entry.namespace, entry.name, app_name, url)
+
+    async def ray_token(self, md: api.ModelDeployment) -> str | None:
+        """The token the Ray dashboard of this ModelDeployment wants (ServeError when unreadable)."""
+        if self.config.external_ray:
+            return external_ray_token()
+        uid = str(md.metadata.get("uid") or "")
+        cached = self._tokens.get((md.namespace, md.name))
+        if cached is not None and cached[0] == uid:
+            return cached[1]
+        name = render.child_name(md, "ray-token")
+        try:
+            secret = await self.kube.get(SECRETS, md.namespace, name)
+        except ApiError as exc:
+            raise serve_client.ServeError(
+                f"cannot read the Ray token Secret {md.namespace}/{name}: HTTP {exc.status} {exc.reason}",
+                reachable=False,
+            ) from None
+        token = _decoded((secret or {}).get("data", {}).get(render.RAY_TOKEN_KEY))
+        if not token:
+            raise serve_client.ServeError(
+                f"the Ray token Secret {md.namespace}/{name} is missing or has no {render.RAY_TOKEN_KEY!r} "
+                "(created again at the next resync)",
+                reachable=False,
+            )
+        self._tokens[(md.namespace, md.name)] = (uid, token)
+        return token
+
+    def forget_token(self, md: api.ModelDeployment) -> None:
+        self._tokens.pop((md.namespace, md.name), None)
+
+
+def _decoded(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return base64.b64decode(value, validate=True).decode().strip() or None
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def external_ray_token() -> str | None:
+    """The operator's own token for a shared Ray cluster: Ray's `RAY_AUTH_TOKEN`, else the file at
+    `RAY_AUTH_TOKEN_PATH`; None (no header) when neither is set."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if token:
+        return token
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path:
+        with contextlib.suppress(OSError):
+            return Path(path).read_text().strip() or None
+    return None

@@ -10,6 +10,7 @@ no kubelet (readiness is set by the tests), emulated garbage collection, no real
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import urllib.request
@@ -61,6 +62,7 @@ PATHS = {
     "configmap": "/api/v1/namespaces/default/configmaps",
     "poddisruptionbudget": "/apis/policy/v1/namespaces/default/poddisruptionbudgets",
     "networkpolicy": "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies",
+    "secret": "/api/v1/namespaces/default/secrets",
 }
 
 
@@ -88,6 +90,7 @@ EXPECTED = {
     "configmap": ["rayleigh-route-{n}"],
     "poddisruptionbudget": ["{n}-workers"],
     "networkpolicy": ["{n}"],
+    "secret": ["{n}-ray-token"],
 }
 
 
@@ -116,6 +119,7 @@ def test_deleted_children_are_restored(kube: Kube, operator_factory: Callable[..
     kube.kubectl("delete", "deployment", "drift-del-workers")
     kube.kubectl("delete", "service", "drift-del-serve")
     kube.kubectl("delete", "configmap", "rayleigh-route-drift-del")
+    kube.kubectl("delete", "secret", "drift-del-ray-token")
     # Deployments come back from their watch event; the rest within the resync bound (1 s here).
     wait_for(lambda: children(kube, "drift-del") == expected("drift-del"), 15, what="children restored")
 
@@ -145,6 +149,42 @@ def test_gateway_routes_configmap_gathers_every_model_and_drops_deleted_ones(
     kube.kubectl("delete", "modeldeployment", "routes-b")
     wait_for(lambda: "default_routes-b.json" not in data(), 30, what="deleted model's route removed")
     assert "default_routes-a.json" in data()
+
+
+def test_ray_token_secret_is_created_once_kept_and_recreated_when_deleted(
+    kube: Kube, operator_factory: Callable[..., OperatorProcess]
+) -> None:
+    op = operator_factory(*FAST)
+    apply_docs(kube, tiny_doc("token"))
+    path = "/api/v1/namespaces/default/secrets/token-ray-token"
+    wait_for(lambda: kube.api(path) is not None, 30, what="the Ray token Secret")
+    first = kube.api(path)
+    token = base64.b64decode(first["data"]["token"]).decode()
+    assert len(token) == 64 and int(token, 16) >= 0  # 256 random bits, hex, as Ray generates them
+    assert first["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"
+    # A spec change applies every child again, and so does a restarted operator: the token stays.
+    apply_docs(kube, tiny_doc("token", replicas=2))
+    wait_for(
+        lambda: kube.get("deployment", "token-workers")["spec"]["replicas"] == 2,  # type: ignore[index]
+        15,
+        what="the spec change applied",
+    )
+    op.kill()
+    operator_factory(*FAST)
+    time.sleep(3)  # its first apply and a few resyncs (1 s)
+    assert kube.api(path)["data"] == first["data"]
+    kube.kubectl("delete", "secret", "token-ray-token")
+    wait_for(lambda: kube.api(path) is not None, 15, what="the token Secret created again")
+    assert kube.api(path)["data"]["token"] != first["data"]["token"]
+
+    def restarted(name: str) -> bool:
+        template = kube.get("deployment", name)["spec"]["template"]  # type: ignore[index]
+        return "serving.rayleigh.dev/ray-token-restarted-at" in (template["metadata"].get("annotations") or {})
+
+    # The running Ray pods hold the old token: the head and the workers are rolled.
+    wait_for(lambda: restarted("token-head") and restarted("token-workers"), 15, what="Ray pods restarted")
+    time.sleep(2)  # resyncs and re-applies keep the annotation (not applied: no apply removes it)
+    assert restarted("token-head") and restarted("token-workers")
 
 
 def test_hand_edited_children_are_restored(kube: Kube, operator_factory: Callable[..., OperatorProcess]) -> None:
@@ -412,4 +452,6 @@ def test_checked_in_rbac_matches_the_generated_one() -> None:
 
 def test_client_refuses_a_call_the_role_does_not_grant() -> None:
     with pytest.raises(rbac.Forbidden, match="secrets"):
-        rbac.check("", "secrets", "get")
+        rbac.check("", "secrets", "list")  # token Secrets are read by name, never listed
+    with pytest.raises(rbac.Forbidden, match="secrets"):
+        rbac.check("", "secrets", "patch")  # and never changed once created

@@ -110,12 +110,12 @@ class SlowDeclarativeHead(serve_client.ServeClient):
         super().__init__()
         self.apps = {a["name"]: a for a in apps}
 
-    async def get(self, dashboard_url: str) -> dict[str, Any]:
+    async def get(self, dashboard_url: str, *, token: str | None = None) -> dict[str, Any]:
         snapshot = details(*self.apps.values())
         await asyncio.sleep(0.01)
         return snapshot
 
-    async def put(self, dashboard_url: str, body: dict[str, Any]) -> None:
+    async def put(self, dashboard_url: str, body: dict[str, Any], *, token: str | None = None) -> None:
         self.apps = {a["name"]: a for a in body["applications"]}
 
 

@@ -9,7 +9,8 @@ has one in a cluster), an ownerReference to it so that deleting the ModelDeploym
 
 Children of a ModelDeployment `NAME`:
   Deployment  NAME-head            Ray head (GCS, dashboard, Serve controller + HTTP proxy)
-  Service     NAME-head            GCS 6379, dashboard 8265, Serve HTTP 8000, metrics 8080, client 10001
+  Secret      NAME-ray-token       Ray's auth token (rendered without data: the operator creates it once)
+  Service     NAME-head            GCS 6379, dashboard 8265, Serve HTTP 8000, metrics 8080 (no Ray Client)
   Service     NAME-serve           Serve HTTP 8000 on every Ray pod (what the gateway calls)
   Deployment  NAME-workers         one pod per Serve replica, each with resources.gpus GPUs
   PodDisruptionBudget NAME-workers
@@ -19,7 +20,8 @@ Children of a ModelDeployment `NAME`:
   PodMonitor  NAME                 only when the monitoring.coreos.com CRDs exist
 
 Modules: `options` (RenderOptions, RenderError), `names` (names, labels, ports, metadata),
-`pods` (the Ray head and workers), `policies` (HPA, PDB, NetworkPolicy, PodMonitor), `route`
+`pods` (the Ray head and workers), `security` (the Ray token Secret and auth env, pod security
+contexts), `policies` (HPA, PDB, NetworkPolicy, PodMonitor), `route`
 (the gateway route ConfigMap); `render()` itself is here. Import this package, not its modules:
 `from rayleigh_operator import render as r; r.render(md, options=r.RenderOptions())`.
 """
@@ -42,6 +44,7 @@ from rayleigh_operator.render.names import (
     SERVE_PORT,
     SPEC_HASH_ANNOTATION,
     STANDARD_LABEL_KEYS,
+    TOKEN_RESTART_ANNOTATION,
     child_key,
     child_name,
     labels,
@@ -69,6 +72,7 @@ from rayleigh_operator.render.policies import (
     render_pod_monitor,
 )
 from rayleigh_operator.render.route import ROUTE_KEY, render_route
+from rayleigh_operator.render.security import RAY_TOKEN_KEY, render_ray_token_secret
 
 __all__ = [
     "AUTOSCALING_METRICS",
@@ -81,11 +85,13 @@ __all__ = [
     "MD_LABEL",
     "METRICS_PORT",
     "RAYLET_HEALTH_PORT",
+    "RAY_TOKEN_KEY",
     "ROUTE_KEY",
     "ROUTE_LABEL",
     "SERVE_PORT",
     "SPEC_HASH_ANNOTATION",
     "STANDARD_LABEL_KEYS",
+    "TOKEN_RESTART_ANNOTATION",
     "RenderError",
     "RenderOptions",
     "autoscaling_metric",
@@ -102,6 +108,7 @@ __all__ = [
     "render_network_policy",
     "render_pdb",
     "render_pod_monitor",
+    "render_ray_token_secret",
     "render_route",
     "render_workers",
     "selector_labels",
@@ -112,8 +119,8 @@ __all__ = [
 
 
 def render(md: api.ModelDeployment, *, options: RenderOptions | None = None) -> list[dict[str, Any]]:
-    """Every child object of a ModelDeployment, in a stable order: the route, the head and its
-    Services, the workers, PDB, NetworkPolicy, then the HPA and PodMonitor when they apply.
+    """Every child object of a ModelDeployment, in a stable order: the route, the Ray token Secret,
+    the head and its Services, the workers, PDB, NetworkPolicy, then the HPA and PodMonitor when they apply.
 
     The order is what `rayleigh render` prints and the golden files pin; it is not an apply
     order. No child needs another to exist when it is applied (the operator applies them
@@ -126,6 +133,7 @@ def render(md: api.ModelDeployment, *, options: RenderOptions | None = None) -> 
         raise RenderError([("route_prefix", f"must start with '/', got {options.route_prefix!r}")])
     out: list[dict[str, Any]] = [
         render_route(md, options),
+        render_ray_token_secret(md),
         *render_head(md, options),
         render_workers(md, options),
         render_pdb(md),

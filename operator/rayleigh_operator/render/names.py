@@ -12,12 +12,14 @@ MD_LABEL = "serving.rayleigh.dev/model-deployment"
 ROUTE_LABEL = "serving.rayleigh.dev/route"
 SPEC_HASH_ANNOTATION = "serving.rayleigh.dev/pod-spec-hash"
 DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
+# Set on the Ray pod templates (merge patch, not applied) when the token Secret had to be created again.
+TOKEN_RESTART_ANNOTATION = "serving.rayleigh.dev/ray-token-restarted-at"
 
 GCS_PORT = 6379
 DASHBOARD_PORT = 8265
 SERVE_PORT = 8000
 METRICS_PORT = 8080
-CLIENT_PORT = 10001
+CLIENT_PORT = 10001  # Ray Client: never exposed (render/pods.py render_head)
 RAYLET_HEALTH_PORT = 52365  # the dashboard agent's port on every Ray node
 
 
@@ -31,6 +33,7 @@ def child_name(md: api.ModelDeployment, component: str) -> str:
         "autoscaler": md.name,
         "pdb": f"{md.name}-workers",
         "pod-monitor": md.name,
+        "ray-token": f"{md.name}-ray-token",
     }
     return names[component]
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import rayleigh_api as api
 from rayleigh_operator.render.names import (
-    CLIENT_PORT,
     DASHBOARD_PORT,
     DELETION_COST_ANNOTATION,
     GCS_PORT,
@@ -27,6 +26,12 @@ from rayleigh_operator.render.names import (
     selector_labels,
 )
 from rayleigh_operator.render.options import RenderOptions
+from rayleigh_operator.render.security import (
+    container_security_context,
+    pod_security_context,
+    ray_auth_env,
+    writable_dirs,
+)
 from rayleigh_serving.config import HF_CACHE_DIR, PVC_MOUNT_ROOT
 
 
@@ -50,6 +55,9 @@ def _volumes(md: api.ModelDeployment, options: RenderOptions) -> tuple[list[dict
         {"name": "dshm", "mountPath": "/dev/shm"},
         {"name": "model-cache", "mountPath": HF_CACHE_DIR},
     ]
+    writable_volumes, writable_mounts = writable_dirs()  # the root filesystem is read-only
+    volumes += writable_volumes
+    mounts += writable_mounts
     for i, claim in enumerate(_pvc_claims(md)):
         volumes.append({"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": f"pvc-{i}", "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True})
@@ -72,6 +80,7 @@ def _env(md: api.ModelDeployment, options: RenderOptions) -> list[dict[str, Any]
         {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
         {"name": "HF_HOME", "value": HF_CACHE_DIR},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        *ray_auth_env(md),
     ]
     if md.spec.resources.gpus == 0:
         env.append({"name": "VLLM_TARGET_DEVICE", "value": "cpu"})
@@ -129,7 +138,11 @@ _GCS_OK = f"wget -T 4 -q -O- http://localhost:{DASHBOARD_PORT}/api/gcs_healthz |
 
 
 def _pod_common(md: api.ModelDeployment) -> dict[str, Any]:
-    pod: dict[str, Any] = {"serviceAccountName": "default", "automountServiceAccountToken": False}
+    pod: dict[str, Any] = {
+        "serviceAccountName": "default",
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security_context(),
+    }
     if md.spec.image.pull_secrets:
         pod["imagePullSecrets"] = [{"name": n} for n in md.spec.image.pull_secrets]
     return pod
@@ -142,12 +155,17 @@ def _image(md: api.ModelDeployment, options: RenderOptions) -> str:
 def render_head(md: api.ModelDeployment, options: RenderOptions) -> list[dict[str, Any]]:
     volumes, mounts = _volumes(md, options)
     head = md.spec.resources.head
+    # No Ray Client port (10001) in the container ports or the Service. `ray start` cannot switch the
+    # Ray Client server off: with grpc installed (ray[serve] needs it) a missing
+    # --ray-client-server-port becomes 10001 and 0 is refused (< 1024) (ray/scripts/scripts.py
+    # `has_ray_client`, ray/_private/parameter.py). It still listens inside the pod, behind token auth
+    # (its gRPC interceptor) and the NetworkPolicy (only this Ray cluster's own pods).
     # The head advertises no CPU to Ray: no Serve replica ever lands on it (they need one CPU, or
     # GPUs), so spec.resources.head only sizes GCS, the dashboard, the Serve controller and proxy.
     head_cmd = (
         f"ray start --head --block --port={GCS_PORT} --dashboard-host=0.0.0.0 "
         f"--dashboard-port={DASHBOARD_PORT} --metrics-export-port={METRICS_PORT} "
-        f"--ray-client-server-port={CLIENT_PORT} --num-gpus=0 --num-cpus=0 "
+        f"--num-gpus=0 --num-cpus=0 "
         "--disable-usage-stats"
     )
     container = {
@@ -164,7 +182,6 @@ def render_head(md: api.ModelDeployment, options: RenderOptions) -> list[dict[st
             {"name": "dashboard", "containerPort": DASHBOARD_PORT},
             {"name": "serve", "containerPort": SERVE_PORT},
             {"name": "metrics", "containerPort": METRICS_PORT},
-            {"name": "client", "containerPort": CLIENT_PORT},
         ],
         "resources": {
             "requests": {"cpu": head.cpu, "memory": head.memory},
@@ -173,6 +190,7 @@ def render_head(md: api.ModelDeployment, options: RenderOptions) -> list[dict[st
         "readinessProbe": _probe(f"{_RAYLET_OK} && {_GCS_OK}", period=5, failures=10),
         "livenessProbe": _probe(f"{_RAYLET_OK} && {_GCS_OK}", period=5, failures=120, initial=30),
         "lifecycle": {"preStop": {"exec": {"command": ["ray", "stop"]}}},
+        "securityContext": container_security_context(),
         "volumeMounts": mounts,
     }
     pod = {
@@ -207,7 +225,6 @@ def render_head(md: api.ModelDeployment, options: RenderOptions) -> list[dict[st
                 {"name": "dashboard", "port": DASHBOARD_PORT, "targetPort": DASHBOARD_PORT},
                 {"name": "serve", "port": SERVE_PORT, "targetPort": SERVE_PORT},
                 {"name": "metrics", "port": METRICS_PORT, "targetPort": METRICS_PORT},
-                {"name": "client", "port": CLIENT_PORT, "targetPort": CLIENT_PORT},
             ],
         },
     }
@@ -262,6 +279,7 @@ def worker_pod_spec(md: api.ModelDeployment, options: RenderOptions) -> dict[str
         "readinessProbe": _probe(_RAYLET_OK, period=5, failures=10),
         "livenessProbe": _probe(_RAYLET_OK, period=10, failures=30, initial=60),
         "lifecycle": {"preStop": {"exec": {"command": ["ray", "stop"]}}},
+        "securityContext": container_security_context(),
         "volumeMounts": mounts,
     }
     pod: dict[str, Any] = {
