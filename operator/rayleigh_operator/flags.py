@@ -78,7 +78,14 @@ def render_flags(command: F) -> F:
         click.option(
             "--image",
             default=None,
-            help=f"Ray + vLLM replica image for ModelDeployments without spec.image.name [default: {_DEFAULTS.image}]",
+            help="Ray + vLLM (CPU build) replica image for ModelDeployments without spec.image.name and with "
+            f"resources.gpus 0 [default: {_DEFAULTS.image}]",
+        ),
+        click.option(
+            "--gpu-image",
+            default=None,
+            help="Ray + vLLM (CUDA build) replica image for ModelDeployments without spec.image.name and with "
+            f"resources.gpus > 0 [default: {_DEFAULTS.gpu_image}]",
         ),
         click.option("--gateway-namespace", default=_DEFAULTS.gateway_namespace, show_default=True),
         click.option("--operator-namespace", default=_DEFAULTS.operator_namespace, show_default=True),
@@ -128,6 +135,7 @@ def render_flags(command: F) -> F:
 def options_from_flags(
     *,
     image: str | None = None,
+    gpu_image: str | None = None,
     gateway_namespace: str = _DEFAULTS.gateway_namespace,
     operator_namespace: str = _DEFAULTS.operator_namespace,
     gcs_redis_address: str | None = None,
@@ -137,7 +145,7 @@ def options_from_flags(
     gateway_pod_labels: Iterable[tuple[str, str]] = (),
     operator_pod_labels: Iterable[tuple[str, str]] = (),
 ) -> RenderOptions:
-    """The RenderOptions the render flags give (an empty `--image` keeps the default image; no
+    """The RenderOptions the render flags give (an empty `--image`/`--gpu-image` keeps the default image; no
     `--gateway-pod-label`/`--operator-pod-label` keeps the default selector labels)."""
     options = RenderOptions(
         gateway_namespace=gateway_namespace,
@@ -153,6 +161,8 @@ def options_from_flags(
         options = dataclasses.replace(options, operator_pod_labels=operator)
     if image:
         options = dataclasses.replace(options, image=image)
+    if gpu_image:
+        options = dataclasses.replace(options, gpu_image=gpu_image)
     return options
 
 

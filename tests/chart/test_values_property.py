@@ -65,12 +65,12 @@ def check_rendered(docs: list[dict[str, Any]]) -> None:
 
 
 def distinct_routes(values: dict[str, Any]) -> bool:
-    """The one rule the schema cannot state: route names and served models are unique across routes
-    (the gateway's config model refuses duplicates with a message naming them)."""
+    """The one rule the schema cannot state: route names are unique (the gateway's config model
+    refuses a duplicate with a message naming it). A model served by two routes is valid: the
+    gateway serves it from the oldest route and drops the other (tested in tests/gateway)."""
     routes = values.get("gateway", {}).get("routes", [])
     names = [(r.get("namespace", "default"), r["name"]) for r in routes]
-    models = [m for r in routes for m in r["models"]]
-    return len(set(names)) == len(names) and len(set(models)) == len(models)
+    return len(set(names)) == len(names)
 
 
 @settings(
@@ -107,7 +107,7 @@ def test_values_the_schema_accepts_render_objects_the_api_server_accepts(
         return
     assert result.returncode == 0, f"schema-valid values failed to render: {result.stderr}\nvalues: {shown}"
     if not distinct_routes(values):
-        with pytest.raises(ConfigError, match=r"duplicate route|served by two routes"):
+        with pytest.raises(ConfigError, match=r"duplicate route"):
             check_rendered([d for d in yaml.safe_load_all(result.stdout) if d])
         event("rendered; the gateway refuses the duplicate routes")
         return

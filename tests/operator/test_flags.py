@@ -31,6 +31,7 @@ EXAMPLE = REPO / "manifests" / "examples" / "qwen7b-tp2-autoscale.yaml"
 # given once per item).
 RENDER_FLAGS: dict[str, str | list[str]] = {
     "--image": "registry.example.com/rayleigh/replica:test",
+    "--gpu-image": "registry.example.com/rayleigh/replica-cuda:test",
     "--gateway-namespace": "gateway-ns",
     "--operator-namespace": "operator-ns",
     "--gcs-redis-address": "redis.ray-state.svc:6379",

@@ -52,3 +52,22 @@ def test_a_head_resource_change_leaves_the_worker_template_alone() -> None:
     large = r.render(model({"gpus": 1, "head": {"cpu": "4", "memory": "16Gi"}}), options=RenderOptions())
     workers = [next(o for o in objs if o["metadata"]["name"] == "m-workers") for objs in (small, large)]
     assert workers[0] == workers[1]
+
+
+def test_gpu_models_get_the_cuda_image_cpu_models_the_cpu_image_and_spec_image_wins() -> None:
+    options = RenderOptions(image="cpu:1", gpu_image="cuda:1")
+
+    def images(resources: dict[str, Any], image: str | None = None) -> set[str]:
+        md = model(resources)
+        if image:
+            md.spec.image.name = image
+        return {
+            c["image"]
+            for o in r.render(md, options=options)
+            if o["kind"] == "Deployment"
+            for c in o["spec"]["template"]["spec"]["containers"]
+        }
+
+    assert images({"gpus": 1}) == {"cuda:1"}
+    assert images({"gpus": 0, "cpu": "2", "memory": "4Gi"}) == {"cpu:1"}
+    assert images({"gpus": 1}, image="mine:2") == {"mine:2"}

@@ -20,7 +20,8 @@ class RenderOptions:
     `monitoring`, `autoscaling_metric_available`) for each ModelDeployment.
     """
 
-    image: str = "ghcr.io/rayleigh-llm/rayleigh-replica:0.1.0"
+    image: str = "ghcr.io/rayleigh-llm/rayleigh-replica:0.1.0"  # CPU replicas: vLLM's CPU build
+    gpu_image: str = "ghcr.io/rayleigh-llm/rayleigh-replica-cuda:0.1.0"  # resources.gpus > 0: vLLM's CUDA build
     operator_namespace: str = "rayleigh-system"
     gateway_namespace: str = "rayleigh-system"
     gateway_pod_labels: dict[str, str] = field(

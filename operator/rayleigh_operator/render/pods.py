@@ -149,7 +149,11 @@ def _pod_common(md: api.ModelDeployment) -> dict[str, Any]:
 
 
 def _image(md: api.ModelDeployment, options: RenderOptions) -> str:
-    return md.spec.image.name or options.image
+    """spec.image.name, else the CUDA replica image for GPU models and the CPU one otherwise (one
+    image for the whole Ray cluster: head and workers run the same Ray and Python)."""
+    if md.spec.image.name:
+        return md.spec.image.name
+    return options.gpu_image if md.spec.resources.gpus > 0 else options.image
 
 
 def render_head(md: api.ModelDeployment, options: RenderOptions) -> list[dict[str, Any]]:
