@@ -97,13 +97,22 @@ COMBINATIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             "redis.url": "rediss://r.example:6380/0",
             "redis.tls": {"enabled": True, "caSecret": "redis-ca", "clientCertSecret": "gw-client"},
         },
-        {"tls": True, "ca": "redis-ca:ca.crt", "cert": "gw-client:tls.crt", "key": "gw-client:tls.key", "password": False},
+        {
+            "tls": True,
+            "ca": "redis-ca:ca.crt",
+            "cert": "gw-client:tls.crt",
+            "key": "gw-client:tls.key",
+            "password": False,
+        },
     ),
     "sentinel": (
         {
             **EXTERNAL,
             "redis.existingSecret": "rp",
-            "redis.sentinel": {"hosts": ["s-0.sentinel:26379", "s-1.sentinel:26379", "[fd00::1]:5000"], "masterName": "mymaster"},
+            "redis.sentinel": {
+                "hosts": ["s-0.sentinel:26379", "s-1.sentinel:26379", "[fd00::1]:5000"],
+                "masterName": "mymaster",
+            },
         },
         {
             "sentinels": (("s-0.sentinel", 26379), ("s-1.sentinel", 26379), ("fd00::1", 5000)),
@@ -257,7 +266,10 @@ def test_bundled_redis_keeps_its_generated_password_secret_and_server_command() 
     secret = find(docs, "Secret", "-redis-auth")
     assert len(base64.b64decode(secret["data"]["password"]).decode()) == 40
     server = find(docs, "Deployment", "-redis")["spec"]["template"]["spec"]["containers"][0]
-    assert {"name": "REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "rayleigh-redis-auth", "key": "password"}}} in server["env"]
+    assert {
+        "name": "REDIS_PASSWORD",
+        "valueFrom": {"secretKeyRef": {"name": "rayleigh-redis-auth", "key": "password"}},
+    } in server["env"]
     volume = next(v for v in gateway_pod(docs)["volumes"] if v["name"] == "redis-auth")
     assert volume["secret"] == {
         "secretName": "rayleigh-redis-auth",

@@ -185,6 +185,8 @@ def test_the_generator_produces_the_strings_that_broke_the_chart() -> None:
     find(STRATEGIES.of(props["redis"]), lambda r: r.get("enabled") is False and not r.get("url"), settings=small)
     find(
         STRATEGIES.of(props["redis"]),
-        lambda r: any(h.startswith("[") for h in r.get("sentinel", {}).get("hosts", [])) and r.get("tls", {}).get("enabled"),
+        lambda r: (
+            any(h.startswith("[") for h in r.get("sentinel", {}).get("hosts", [])) and r.get("tls", {}).get("enabled")
+        ),
         settings=small,
     )
