@@ -184,13 +184,15 @@ def flags_to_env(
     sentinel_master: str | None = None,
 ) -> dict[str, str]:
     """The environment that hands `rayleigh gateway`'s Redis flags to its uvicorn workers
-    (paths only: a password stays in its file, or in the URL's own variable)."""
+    (paths only: a password stays in its file, or in the URL's own variable). Paths are made
+    absolute without following symlinks: a Kubernetes Secret volume's files point into a directory
+    that the kubelet replaces on rotation, and the password file is read again at every connect."""
     values = {
         "username": username,
-        "password_file": str(Path(password_file).resolve()) if password_file else None,
-        "ca_file": str(Path(ca_file).resolve()) if ca_file else None,
-        "cert_file": str(Path(cert_file).resolve()) if cert_file else None,
-        "key_file": str(Path(key_file).resolve()) if key_file else None,
+        "password_file": os.path.abspath(password_file) if password_file else None,
+        "ca_file": os.path.abspath(ca_file) if ca_file else None,
+        "cert_file": os.path.abspath(cert_file) if cert_file else None,
+        "key_file": os.path.abspath(key_file) if key_file else None,
         "sentinels": sentinels,
         "sentinel_master": sentinel_master,
     }

@@ -234,16 +234,16 @@ def _env(docs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
 
 
 def test_gateway_uses_bundled_redis_by_service_dns_name_with_the_generated_password() -> None:
+    """The password reaches the gateway as a mounted file only (tests/chart/test_chart_redis.py
+    covers every Redis combination)."""
     docs = render()
     env = _env(docs, "-gateway")
-    url = "redis://:$(REDIS_PASSWORD)@rayleigh-redis.rayleigh-system.svc:6379/0"
-    assert {"name": "RAYLEIGH_GATEWAY_REDIS_URL", "value": url} in env
+    url = "redis://rayleigh-redis.rayleigh-system.svc:6379/0"
+    assert env == [{"name": "RAYLEIGH_GATEWAY_REDIS_URL", "value": url}]
     ref = {"secretKeyRef": {"name": "rayleigh-redis-auth", "key": "password"}}
-    # The kubelet expands $(REDIS_PASSWORD) only from variables defined before it.
-    assert env[0] == {"name": "REDIS_PASSWORD", "valueFrom": ref}
     assert {"name": "REDIS_PASSWORD", "valueFrom": ref} in _env(docs, "-redis")
     container = find(docs, "Deployment", "-gateway")["spec"]["template"]["spec"]["containers"][0]
-    assert not any("REDIS" in arg or "redis" in arg for arg in container["args"])
+    assert [a for a in container["args"] if "redis" in a] == ["--redis-password-file=/etc/rayleigh/redis-auth/password"]
     secret = find(docs, "Secret", "-redis-auth")
     password = base64.b64decode(secret["data"]["password"]).decode()
     assert len(password) == 40 and password.isalnum()
@@ -265,22 +265,6 @@ def test_bundled_redis_runs_in_protected_mode_with_a_patched_version() -> None:
     assert '--requirepass "$REDIS_PASSWORD"' in container["args"][0]
     version = tuple(int(x) for x in container["image"].split(":")[1].split("-")[0].split("."))
     assert version >= (7, 4, 6), "CVE-2025-49844 is fixed in Redis 7.4.6"
-
-
-def test_external_redis_password_comes_from_secret_not_values() -> None:
-    docs = render({"redis.enabled": False, "redis.url": "redis://r.example:6379/0", "redis.existingSecret": "rp"})
-    assert "rayleigh-redis" not in {d["metadata"]["name"] for d in docs}
-    assert "rayleigh-redis-auth" not in {d["metadata"]["name"] for d in docs if d["kind"] == "Secret"}
-    env = _env(docs, "-gateway")
-    assert {"name": "REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "rp", "key": "password"}}} in env
-    url = "redis://:$(REDIS_PASSWORD)@r.example:6379/0"
-    assert {"name": "RAYLEIGH_GATEWAY_REDIS_URL", "value": url} in env
-
-
-def test_external_redis_url_with_user_info_is_used_as_is() -> None:
-    url = "redis://rl:$(REDIS_PASSWORD)@r.example:6379/0"
-    env = _env(render({"redis.enabled": False, "redis.url": url, "redis.existingSecret": "rp"}), "-gateway")
-    assert {"name": "RAYLEIGH_GATEWAY_REDIS_URL", "value": url} in env
 
 
 def test_gateway_disabled_renders_no_redis_and_points_the_operator_at_the_external_gateway() -> None:

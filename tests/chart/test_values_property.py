@@ -37,7 +37,16 @@ EXAMPLES = int(os.environ.get("RAYLEIGH_SCHEMA_EXAMPLES", "25"))
 # CRD kinds: not in the built-in schemas (their structure is checked by the other chart tests).
 CRD_GROUPS = ("monitoring.coreos.com/", "gateway.networking.k8s.io/")
 # Rules across two values that JSON Schema cannot state; the chart refuses them with these messages.
-DELIBERATE_REFUSALS = ("gateway.pdb.minAvailable=", "gateway.metricsPort=")
+DELIBERATE_REFUSALS = (
+    "gateway.pdb.minAvailable=",
+    "gateway.metricsPort=",
+    # Redis settings that contradict each other (rayleigh.redisValidate in _helpers.tpl).
+    "redis.sentinel.",
+    "redis.tls.",
+    "redis.username is set, but the bundled Redis",
+    "redis.url is a rediss://",
+    "redis.url refers to $(REDIS_PASSWORD)",
+)
 
 
 def schema_errors(values: dict[str, Any]) -> list[str]:
@@ -118,6 +127,42 @@ def test_values_the_schema_accepts_render_objects_the_api_server_accepts(
     event("rendered and valid")
 
 
+@settings(
+    max_examples=EXAMPLES,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=list(HealthCheck),
+)
+@given(redis=STRATEGIES.of(SCHEMA["properties"]["redis"]))
+def test_redis_values_the_schema_accepts_render_or_are_refused_saying_why(
+    redis: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The same, over the redis subtree alone (user, TLS Secrets, Sentinel, URL drawn together):
+    whole documents rarely combine them. Every schema-valid combination renders a gateway the real
+    command accepts, or is one the chart refuses with a message naming the redis.* values."""
+    document = {"redis": redis}
+    values = effective_values(CHART, document)
+    path = Path(tmp_path_factory.mktemp("values")) / "values.yaml"
+    path.write_text(to_yaml(document))
+    args = ["template", "rayleigh", str(CHART), "--namespace", NAMESPACE, "--kube-version", K8S_VERSION]
+    result = helm(*args, "-f", str(path), check=False)
+    shown = json.dumps(document, ensure_ascii=True)
+    if schema_errors(values):
+        assert result.returncode != 0, f"helm accepted values the schema refuses: {shown}"
+        event("refused by the schema")
+        return
+    if result.returncode != 0:
+        assert "execution error at" in result.stderr and any(m in result.stderr for m in DELIBERATE_REFUSALS), (
+            f"{result.stderr}\nvalues: {shown}"
+        )
+        event("refused by a cross-field check")
+        return
+    check_rendered([d for d in yaml.safe_load_all(result.stdout) if d])
+    event("rendered and valid")
+
+
 def test_the_generator_produces_the_strings_that_broke_the_chart() -> None:
     """The strategies are not vacuous: they produce the values that used to break the rendered YAML
     or turn into numbers (control characters in free text, a digits-only name), and documents that
@@ -138,3 +183,10 @@ def test_the_generator_produces_the_strings_that_broke_the_chart() -> None:
         settings=small,
     )
     find(STRATEGIES.of(props["redis"]), lambda r: r.get("enabled") is False and not r.get("url"), settings=small)
+    find(
+        STRATEGIES.of(props["redis"]),
+        lambda r: (
+            any(h.startswith("[") for h in r.get("sentinel", {}).get("hosts", [])) and r.get("tls", {}).get("enabled")
+        ),
+        settings=small,
+    )

@@ -109,16 +109,77 @@ of the bundled Redis; empty for an external Redis without a password. */}}
 {{- printf "%s-redis.%s.svc" (include "rayleigh.fullname" .) .Release.Namespace }}
 {{- end }}
 
-{{/* The Redis URL the gateway uses; $(REDIS_PASSWORD) is expanded by the kubelet from the pod's env
-(the value never appears in the pod spec or the arguments). An external URL that already holds
-user info is used as is. */}}
+{{/* The Redis URL the gateway uses (in RAYLEIGH_GATEWAY_REDIS_URL, never in its arguments). It holds
+no password when the chart has a password Secret: the gateway reads the password from the mounted
+file (--redis-password-file, which wins over a URL's), so a URL written for older charts
+(`user:$(REDIS_PASSWORD)@host`) loses its password part here and keeps its user. With Sentinel and
+no redis.url, only the scheme counts (the host is the master's name: Sentinel says where it is). */}}
 {{- define "rayleigh.redisURL" -}}
+{{- $r := .Values.redis }}
+{{- $tls := default (dict) $r.tls }}
+{{- $sentinel := default (dict) $r.sentinel }}
 {{- if include "rayleigh.redisBundled" . }}
-{{- printf "redis://:$(REDIS_PASSWORD)@%s:6379/0" (include "rayleigh.redisHost" .) }}
-{{- else if and .Values.redis.existingSecret (not (contains "@" .Values.redis.url)) }}
-{{- printf "redis://:$(REDIS_PASSWORD)@%s" (trimPrefix "redis://" .Values.redis.url) }}
+{{- printf "redis://%s:6379/0" (include "rayleigh.redisHost" .) }}
+{{- else if $r.url }}
+{{- if include "rayleigh.redisSecret" . }}
+{{- $url := regexReplaceAll "^(rediss?://):[^@/]*@" $r.url "${1}" }}
+{{- regexReplaceAll "^(rediss?://)([^@/:]+):[^@/]*@" $url "${1}${2}@" }}
 {{- else }}
-{{- .Values.redis.url }}
+{{- $r.url }}
+{{- end }}
+{{- else if $sentinel.hosts }}
+{{- printf "%s://%s/0" (ternary "rediss" "redis" (eq (toString $tls.enabled) "true")) $sentinel.masterName }}
+{{- end }}
+{{- end }}
+
+{{/* Where the gateway finds its Redis files: mounted Secrets, read-only. */}}
+{{- define "rayleigh.redisPasswordFile" -}}/etc/rayleigh/redis-auth/password{{- end }}
+{{- define "rayleigh.redisCAFile" -}}/etc/rayleigh/redis-ca/ca.crt{{- end }}
+{{- define "rayleigh.redisCertDir" -}}/etc/rayleigh/redis-client{{- end }}
+
+{{/* Combinations of redis.* values that cannot work, refused with what to change (JSON Schema
+cannot compare two values with a message that says why). Rendered with the gateway only. */}}
+{{- define "rayleigh.redisValidate" -}}
+{{- $r := .Values.redis }}
+{{- $tls := default (dict) $r.tls }}
+{{- $sentinel := default (dict) $r.sentinel }}
+{{- $tlsOn := eq (toString $tls.enabled) "true" }}
+{{- if $r.enabled }}
+{{- if $sentinel.hosts }}
+{{- fail "redis.sentinel.hosts is set, but redis.enabled=true runs the bundled single-node Redis, which has no Sentinel: set redis.enabled=false to use your Sentinel-monitored Redis" }}
+{{- end }}
+{{- if $tlsOn }}
+{{- fail "redis.tls.enabled=true, but the bundled Redis (redis.enabled=true) serves no TLS: set redis.enabled=false and redis.url=rediss://HOST:PORT/DB for a Redis that does, or redis.tls.enabled=false" }}
+{{- end }}
+{{- if $r.username }}
+{{- fail "redis.username is set, but the bundled Redis (redis.enabled=true) has only its default user (password from redis.existingSecret or the generated Secret): leave redis.username empty, or set redis.enabled=false for an external Redis with ACL users" }}
+{{- end }}
+{{- end }}
+{{- if and $tls.caSecret (not $tlsOn) }}
+{{- fail "redis.tls.caSecret is set, but redis.tls.enabled=false: set redis.tls.enabled=true with a rediss:// redis.url, or remove redis.tls.caSecret" }}
+{{- end }}
+{{- if and $tls.clientCertSecret (not $tlsOn) }}
+{{- fail "redis.tls.clientCertSecret is set, but redis.tls.enabled=false: a client certificate is presented only over TLS; set redis.tls.enabled=true with a rediss:// redis.url, or remove redis.tls.clientCertSecret" }}
+{{- end }}
+{{- if and (not $r.enabled) $r.url }}
+{{- if and $tlsOn (hasPrefix "redis://" $r.url) }}
+{{- fail "redis.tls.enabled=true, but redis.url is a plain redis:// URL: write it rediss://HOST:PORT/DB (TLS), or set redis.tls.enabled=false" }}
+{{- end }}
+{{- if and (not $tlsOn) (hasPrefix "rediss://" $r.url) }}
+{{- fail "redis.url is a rediss:// (TLS) URL, but redis.tls.enabled=false: set redis.tls.enabled=true too (and redis.tls.caSecret when the server's certificate is from a private CA)" }}
+{{- end }}
+{{- if and (contains "$(REDIS_PASSWORD)" $r.url) (not $r.existingSecret) }}
+{{- fail "redis.url refers to $(REDIS_PASSWORD), but redis.existingSecret is empty: set redis.existingSecret to the Secret (key `password`) and drop the password from the URL (the gateway reads it from the mounted Secret)" }}
+{{- end }}
+{{- end }}
+{{- if and $sentinel.hosts (not $sentinel.masterName) }}
+{{- fail "redis.sentinel.hosts needs redis.sentinel.masterName: the name the Sentinels monitor the master under (`sentinel monitor NAME ...`, often mymaster)" }}
+{{- end }}
+{{- if and $sentinel.masterName (not $sentinel.hosts) }}
+{{- fail "redis.sentinel.masterName needs redis.sentinel.hosts: the Sentinels to ask for the master, as a list of host:port (port 26379 by default)" }}
+{{- end }}
+{{- if and (not $r.enabled) (not $r.url) (not $sentinel.hosts) }}
+{{- fail "redis: set redis.enabled=true (bundled Redis), redis.url (an external one) or redis.sentinel.hosts with redis.sentinel.masterName (a Sentinel-monitored one): the gateway's rate limits need Redis" }}
 {{- end }}
 {{- end }}
 
