@@ -31,10 +31,18 @@ from rayleigh_api.base import (
     ExtraArg,
     Rule,
 )
-from rayleigh_api.gateway_spec import GatewayAuth, GatewaySpec, JwtAlgorithm, JwtAuth, RateLimits
+from rayleigh_api.gateway_spec import GatewayAuth, GatewaySpec, JwtAlgorithm, JwtAuth, RateLimits, TrafficSpec
 from rayleigh_api.model_spec import Adapter, EngineSpec, ModelSpec, RopeScaling, SecretKeyRef
 from rayleigh_api.resource import ModelDeployment, ModelDeploymentSpec
-from rayleigh_api.status import FAILED_REASONS, Condition, ConditionType, ModelDeploymentStatus, Phase, Reason
+from rayleigh_api.status import (
+    FAILED_REASONS,
+    Condition,
+    ConditionType,
+    ModelDeploymentStatus,
+    Phase,
+    Reason,
+    TrafficStatus,
+)
 from rayleigh_api.workload import Autoscaling, HeadResources, ImageSpec, Resources, Rollout, ServingSpec, Toleration
 
 __all__ = [
@@ -82,4 +90,6 @@ __all__ = [
     "SecretKeyRef",
     "ServingSpec",
     "Toleration",
+    "TrafficSpec",
+    "TrafficStatus",
 ]

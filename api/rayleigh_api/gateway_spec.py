@@ -118,3 +118,24 @@ class GatewaySpec(ApiModel):
         json_schema_extra={"items": {"type": "string", "maxLength": 64, "pattern": CIDR_PATTERN}},
     )
     rate_limits: RateLimits | None = Field(default=None, description="Request and token rate limits.")
+
+
+class TrafficSpec(ApiModel):
+    """This object's share of a traffic split: several ModelDeployments in one namespace that serve
+    the same model names (base and LoRA adapters, identical sets) and all set `traffic` form one
+    gateway route whose requests are spread by weight. The gateway normalises the weights (they
+    need not sum to 100): each member gets weight / sum(weights) of the requests, as
+    `status.traffic.share` shows. A member without `traffic`, in another namespace or with other
+    adapters is not part of the split: the oldest ModelDeployment keeps the name (`Conflict`)."""
+
+    weight: int = Field(
+        ge=0,
+        le=100,
+        description="Relative weight of this ModelDeployment in the split, 0-100; 0 keeps it deployed and warm "
+        "with no traffic.",
+    )
+    sticky: bool = Field(
+        default=False,
+        description="Keep each caller (API key id, JWT subject, or client address) on one member by a weighted "
+        "consistent hash, so a weight change moves few callers. The split is sticky when any member asks.",
+    )

@@ -8,7 +8,7 @@ from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from rayleigh_api.base import ApiModel, Rule
-from rayleigh_api.gateway_spec import GatewaySpec
+from rayleigh_api.gateway_spec import GatewaySpec, TrafficSpec
 from rayleigh_api.model_spec import Adapter, EngineSpec, ModelSpec
 from rayleigh_api.status import ModelDeploymentStatus
 from rayleigh_api.workload import Autoscaling, ImageSpec, Resources, Rollout, ServingSpec
@@ -42,6 +42,12 @@ class ModelDeploymentSpec(ApiModel):
             "replicas must lie within autoscaling.minReplicas..maxReplicas (the autoscaler owns it from there)",
             field_path=".replicas",
         ),
+        Rule(
+            "!has(self.traffic) || has(self.model.servedModelName)",
+            "traffic needs model.servedModelName: the members of a split share that name (without it each object "
+            "serves its own metadata.name)",
+            field_path=".traffic",
+        ),
     ]
 
     model: ModelSpec = Field(description="The model to serve.")
@@ -64,6 +70,11 @@ class ModelDeploymentSpec(ApiModel):
         default_factory=GatewaySpec,
         description="Exposure through the Rayleigh gateway.",
         json_schema_extra={"default": {}},
+    )
+    traffic: TrafficSpec | None = Field(
+        default=None,
+        description="Weighted traffic between ModelDeployments that serve the same model name (a split); unset: "
+        "this object alone serves its names (the oldest ModelDeployment keeps a name).",
     )
     rollout: Rollout = Field(
         default_factory=Rollout, description="Rolling update settings.", json_schema_extra={"default": {}}

@@ -72,6 +72,15 @@ class Condition(ApiModel):
     observed_generation: int | None = Field(default=None, description="Generation this condition reflects.")
 
 
+class TrafficStatus(ApiModel):
+    """This object's part in a traffic split (spec.traffic), as the gateway routes it."""
+
+    weight: int = Field(description="spec.traffic.weight as applied.")
+    share: float = Field(description="Percent of the split's requests this object gets: weight / sum of weights.")
+    members: int = Field(description="ModelDeployments in the split, this one included.")
+    route: str = Field(description="The split's gateway route, namespace/name of its oldest member.")
+
+
 class ModelDeploymentStatus(ApiModel):
     """Observed state, written only by the operator."""
 
@@ -91,4 +100,7 @@ class ModelDeploymentStatus(ApiModel):
     observed_generation: int | None = Field(default=None, description="Generation last reconciled.")
     served_models: list[str] = Field(
         default_factory=list, max_length=64, description="Model names served (base + adapters)."
+    )
+    traffic: TrafficStatus | None = Field(
+        default=None, description="The traffic split this object takes part in (spec.traffic), and its share."
     )

@@ -15,6 +15,7 @@ from .limits import route_buckets
 from .policy import IPNetwork, parse_networks
 from .ratelimit import Bucket
 from .routes import GatewayConfig, Route, RouteConflict, served_routes
+from .split import Picker
 
 log = logging.getLogger("rayleigh.gateway")
 
@@ -26,15 +27,33 @@ PROXIED_PATHS = {
 }
 
 
+@dataclass(slots=True, frozen=True)
+class Target:
+    """One backend of a route: its name (`namespace/name` of the ModelDeployment), base URL and
+    the upstream URL of each proxied path."""
+
+    name: str
+    base: str
+    urls: dict[str, str]
+
+
 @dataclass(slots=True)
 class CompiledRoute:
     route: Route
     key: str  # namespace/name
     networks: tuple[IPNetwork, ...]
     jwt: JWTVerifier | None
-    urls: dict[str, str]
+    targets: tuple[Target, ...]  # one, or the weighted backends of a traffic split
+    picker: Picker
     cap: int | None = None  # most tokens one sequence may generate (maxTokens, maxModelLen), if known
     bucket_cache: dict[str, tuple[Bucket, ...]] = field(default_factory=dict)
+
+    def pick(self, caller: str) -> Target | None:
+        """The backend for one request (sticky routes: by `caller`); None when every weight is 0."""
+        if len(self.targets) == 1 and not self.route.backends:
+            return self.targets[0]
+        i = self.picker.pick(caller)
+        return None if i < 0 else self.targets[i]
 
     def buckets(self, ident: str, record: KeyRecord | None) -> tuple[Bucket, ...]:
         cached = self.bucket_cache.get(ident)
@@ -79,12 +98,14 @@ def compile_config(config: GatewayConfig, fetch: FetchJSON) -> Compiled:
             jwt = verifiers.get(ident)
             if jwt is None:
                 jwt = verifiers[ident] = JWTVerifier(route.auth.jwt, fetch=fetch)
+        backends = route.targets()
         cr = CompiledRoute(
             route=route,
             key=f"{route.namespace}/{route.name}",
             networks=parse_networks(route.allowed_cidrs),
             jwt=jwt,
-            urls={p: route.backend + p for p in PROXIED_PATHS},
+            targets=tuple(Target(b.name, b.url, {p: b.url + p for p in PROXIED_PATHS}) for b in backends),
+            picker=Picker([b.name for b in backends], [b.weight for b in backends], sticky=route.sticky),
             cap=token_cap(route),
         )
         routes.append(cr)

@@ -85,6 +85,11 @@ CONFIG_RELOADS = Counter(
     "Reloads of the route config or key file, by result (ok, error).",
     ["file", "result"],
 )
+BACKEND_REQUESTS = Counter(
+    "rayleigh_gateway_backend_requests_total",
+    "Requests sent to each backend of a route (a traffic split's live ratio); backend is namespace/name.",
+    ["route", "backend"],
+)
 IN_FLIGHT = Gauge(
     "rayleigh_gateway_in_flight_requests",
     "Requests being proxied now.",
@@ -129,6 +134,7 @@ redis_errors_c = LabelCache(REDIS_ERRORS)
 fallback_c = LabelCache(RATELIMIT_FALLBACK)
 disconnects_c = LabelCache(CLIENT_DISCONNECTS)
 reloads_c = LabelCache(CONFIG_RELOADS)
+backend_requests_c = LabelCache(BACKEND_REQUESTS)
 
 
 def render() -> tuple[bytes, str]:

@@ -101,7 +101,6 @@ class Upstream:
         """Send an admitted request upstream and its answer to the client; returns the status."""
         cr, decision, model, rid = ctx.route, ctx.decision, ctx.model, ctx.rid
         assert cr is not None and decision is not None
-        session = self.session(cr.route.backend)
         headers = {
             "Content-Type": "application/json",
             "Accept-Encoding": "identity",
@@ -119,9 +118,19 @@ class Upstream:
         status = 502
         error_code: str | None = None
         try:
+            target = cr.pick(ctx.caller.ident if ctx.caller is not None else f"ip:{ctx.client}")
+            if target is None:
+                raise GatewayError(
+                    503,
+                    f"Model {model!r} has no backend with a traffic weight above 0",
+                    "upstream_error",
+                    "no_traffic_weight",
+                )
+            m.backend_requests_c(cr.key, target.name).inc()
+            session = self.session(target.base)
             t_up = time.perf_counter()
             try:
-                resp_cm = session.post(cr.urls[ctx.path], data=ctx.body, headers=headers)
+                resp_cm = session.post(target.urls[ctx.path], data=ctx.body, headers=headers)
                 resp = await resp_cm.__aenter__()
             except TimeoutError:
                 m.upstream_errors_c(cr.key, "timeout").inc()

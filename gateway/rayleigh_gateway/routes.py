@@ -117,10 +117,58 @@ def _unset(value: object) -> bool:
     return value is None
 
 
+def _falsy(value: object) -> bool:
+    return not value
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"backend must be an http(s) URL, got {value!r}")
+    return value.rstrip("/")
+
+
+class WeightedBackend(_Model):
+    """One backend of a traffic split: a ModelDeployment's endpoint and its share of the requests."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=317,
+        description="The ModelDeployment behind it, `namespace/name` (the `backend` label of "
+        "rayleigh_gateway_backend_requests_total).",
+    )
+    url: str = Field(description="Base URL of its OpenAI endpoint.")
+    weight: int = Field(
+        ge=0,
+        le=100,
+        description="Relative weight: it gets weight/sum(weights) of the requests; 0 keeps it warm with no traffic.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        return _http_url(value)
+
+
 class Route(_Model):
     name: str = Field(min_length=1)
     namespace: str = "default"
-    backend: str = Field(description="Base URL of the model's OpenAI endpoint, e.g. http://tiny-head:8000")
+    backend: str | None = Field(
+        default=None,
+        exclude_if=_unset,
+        description="Base URL of the model's OpenAI endpoint, e.g. http://tiny-head:8000 (or `backends`).",
+    )
+    backends: list[WeightedBackend] = Field(
+        default_factory=list,
+        max_length=32,
+        exclude_if=_falsy,
+        description="A traffic split: several weighted backends for the same model names (instead of `backend`).",
+    )
+    sticky: bool = Field(
+        default=False,
+        exclude_if=_falsy,
+        description="A split sends each caller (key id, JWT subject or client address) to one backend, by a "
+        "weighted consistent hash (a weight change moves few callers).",
+    )
     models: list[ModelName] = Field(min_length=1, description="Served names, LoRA adapter names included.")
     public: bool = False
     auth: AuthConfig = Field(default_factory=AuthConfig)
@@ -151,10 +199,24 @@ class Route(_Model):
 
     @field_validator("backend")
     @classmethod
-    def _http_backend(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"backend must be an http(s) URL, got {value!r}")
-        return value.rstrip("/")
+    def _http_backend(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
+
+    @model_validator(mode="after")
+    def _one_backend_source(self) -> Route:
+        if (self.backend is None) == (not self.backends):
+            raise ValueError("set exactly one of backend (one URL) and backends (a weighted split)")
+        names = [b.name for b in self.backends]
+        if len(set(names)) != len(names):
+            raise ValueError(f"backends: duplicate names in {names}")
+        return self
+
+    def targets(self) -> list[WeightedBackend]:
+        """The backends to pick from: `backends`, or the one `backend` (weight 100, named after the route)."""
+        if self.backends:
+            return list(self.backends)
+        assert self.backend is not None
+        return [WeightedBackend(name=f"{self.namespace}/{self.name}", url=self.backend, weight=100)]
 
     @field_validator("allowed_cidrs")
     @classmethod
@@ -278,6 +340,23 @@ def served_routes(routes: list[Route]) -> tuple[list[Route], list[RouteConflict]
         for model in route.models:
             owner[model] = route
     return [r for r in routes if id(r) not in dropped], list(dropped.values())
+
+
+def split_route(members: list[tuple[Route, int]], sticky: bool = False) -> Route:
+    """One route for a traffic split: the first member's settings (the operator passes the oldest
+    first: its auth, CIDRs, limits and name apply to the whole split) and every member's endpoint
+    as a weighted backend named after its ModelDeployment."""
+    if not members:
+        raise ValueError("a traffic split needs at least one member")
+    base = members[0][0]
+    backends = []
+    for route, weight in members:
+        for target in route.targets():
+            backends.append({"name": f"{route.namespace}/{route.name}", "url": target.url, "weight": weight})
+    data = base.model_dump(by_alias=True, mode="json")
+    data.pop("backend", None)
+    data.update(backends=backends, sticky=sticky)
+    return Route.model_validate(data)
 
 
 class ConfigError(ValueError):

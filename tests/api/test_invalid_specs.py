@@ -56,6 +56,10 @@ def _all(*mutations: Callable[[Doc], None]) -> Callable[[Doc], None]:
     return mutate
 
 
+def _drop_served_name(doc: Doc) -> None:
+    doc["spec"]["model"].pop("servedModelName", None)
+
+
 def _drop_model(doc: Doc) -> None:
     del doc["spec"]["model"]
 
@@ -294,6 +298,46 @@ CASES = [
         _all(_set("spec.replicas", 12), _set("spec.autoscaling", {"minReplicas": 1, "maxReplicas": 8})),
         "spec.replicas",
         "within autoscaling.minReplicas..maxReplicas",
+        "cel",
+    ),
+    Case(
+        "traffic-weight-above-100",
+        tiny,
+        _all(_set("spec.model.servedModelName", "tiny"), _set("spec.traffic", {"weight": 150})),
+        "spec.traffic.weight",
+        "100",
+        "openapi",
+    ),
+    Case(
+        "traffic-weight-negative",
+        tiny,
+        _all(_set("spec.model.servedModelName", "tiny"), _set("spec.traffic", {"weight": -1})),
+        "spec.traffic.weight",
+        "0",
+        "openapi",
+    ),
+    Case(
+        "traffic-weight-not-an-integer",
+        tiny,
+        _all(_set("spec.model.servedModelName", "tiny"), _set("spec.traffic", {"weight": 12.5})),
+        "spec.traffic.weight",
+        "integer",
+        "openapi",
+    ),
+    Case(
+        "traffic-weight-missing",
+        tiny,
+        _all(_set("spec.model.servedModelName", "tiny"), _set("spec.traffic", {"sticky": True})),
+        "spec.traffic.weight",
+        "required",
+        "openapi",
+    ),
+    Case(
+        "traffic-without-served-model-name",
+        tiny,
+        _all(_drop_served_name, _set("spec.traffic", {"weight": 50})),
+        "spec.traffic",
+        "traffic needs model.servedModelName",
         "cel",
     ),
 ]
