@@ -45,7 +45,7 @@ from rayleigh_operator import metrics, render
 from rayleigh_operator.kube import SECRETS, ApiError, KubeClient, type_of
 from rayleigh_operator.preflight import Preflight
 from rayleigh_operator.routes_writer import RoutesWriter
-from rayleigh_operator.state import Entry, OperatorConfig, Tracked, parse_spec
+from rayleigh_operator.state import Entry, OperatorConfig, Tracked, parse_spec, traffic_of
 from rayleigh_operator.status_writer import StatusWriter
 from rayleigh_serving.config import ServeConfigError
 
@@ -223,6 +223,7 @@ class Applier:
             if c["kind"] == "ConfigMap" and render.ROUTE_LABEL in c["metadata"].get("labels", {})
         )
         entry.served = tuple(md.served_models())
+        entry.traffic = traffic_of(md)
         # Concurrently: no child needs another to exist when it is applied (module docstring).
         results = await asyncio.gather(*(self.apply_child(c) for c in children), return_exceptions=True)
         refused: list[tuple[dict[str, Any], ApiError]] = []
@@ -258,5 +259,6 @@ class Applier:
         """An invalid spec: no route, no claim on its names (a younger object may take them)."""
         entry.route_json = None
         entry.served = ()
+        entry.traffic = None
         entry.apply_error = None
         self.routes.refresh(skip=entry)

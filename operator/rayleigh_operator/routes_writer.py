@@ -11,6 +11,11 @@ namespace/name, the gateway's own rule) and a `Conflict` condition; `refresh` re
 after every apply and delete and schedules a status write for each object whose conflict changed,
 so when the older one is deleted or renames, the younger one gets its route and the condition clears.
 
+Traffic splits: ModelDeployments in one namespace that serve the same names and all set
+spec.traffic (`state.route_plan`) get one key, named after the oldest member, whose route has one
+weighted backend per member (`rayleigh_gateway.routes.split_route`; the oldest member's gateway
+settings apply); the other members get no key of their own, and no `Conflict`.
+
 After an operator (re)start, nothing is written until every ModelDeployment of the first listing
 (`Tracked.seed`) has been applied once, or `--resync-seconds` have passed: a write before that would
 drop the routes of objects not applied yet, and let a younger object take over an older one's name.
@@ -23,11 +28,13 @@ hand edits) and after a failed write.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
+from rayleigh_gateway.routes import Route, split_route
 from rayleigh_operator import render
 from rayleigh_operator.kube import CONFIGMAPS, MODEL_DEPLOYMENTS, KubeClient
-from rayleigh_operator.state import Entry, OperatorConfig, Tracked
+from rayleigh_operator.state import Entry, OperatorConfig, Share, Tracked
 
 log = logging.getLogger("rayleigh.operator")
 
@@ -73,11 +80,30 @@ class RoutesWriter:
         do those that claim a model name an older one serves."""
         entries = self.tracked.entries
         conflicts = self.tracked.conflicts()
-        return {
-            f"{namespace}_{name}.json": entry.route_json
-            for (namespace, name), entry in sorted(entries.items())
-            if entry.route_json is not None and entry.spec_problem is None and (namespace, name) not in conflicts
-        }
+        shares = self.tracked.shares()
+        out: dict[str, str] = {}
+        for (namespace, name), entry in sorted(entries.items()):
+            if entry.route_json is None or entry.spec_problem is not None or (namespace, name) in conflicts:
+                continue
+            share = shares.get((namespace, name))
+            if share is None:
+                out[f"{namespace}_{name}.json"] = entry.route_json
+            elif share.route == (namespace, name) and (split := self._split_json(share)) is not None:
+                out[f"{namespace}_{name}.json"] = split
+            # else: a younger member of a split, served through the oldest member's key
+        return out
+
+    def _split_json(self, share: Share) -> str | None:
+        """The one route of a traffic split: every routed member's backend with its weight."""
+        members: list[tuple[Route, int]] = []
+        for key, weight in zip(share.members, share.weights, strict=True):
+            entry = self.tracked.entries.get(key)
+            if entry is not None and entry.route_json is not None and entry.spec_problem is None:
+                members.append((Route.model_validate_json(entry.route_json), weight))
+        if not members:
+            return None
+        route = split_route(members, sticky=share.sticky)
+        return json.dumps(route.model_dump(mode="json", by_alias=True), indent=2, sort_keys=True) + "\n"
 
     async def write(self) -> None:
         """Apply the aggregated routes ConfigMap; keys of deleted ModelDeployments are removed.

@@ -121,6 +121,12 @@ def parse_spec(doc: dict[str, Any]) -> api.ModelDeployment:
         raise
 
 
+def traffic_of(md: api.ModelDeployment) -> tuple[int, bool] | None:
+    """spec.traffic as (weight, sticky), None when unset."""
+    t = md.spec.traffic
+    return None if t is None else (t.weight, t.sticky)
+
+
 def as_int(value: Any) -> int:
     try:
         return int(value or 0)
@@ -140,23 +146,55 @@ class Conflict:
     model: str
     owner: tuple[str, str]
     owner_created: str | None = None
+    # Why the two do not form a traffic split, when at least one of them sets spec.traffic.
+    not_a_split: str = ""
 
     def message(self) -> str:
         since = f", created {self.owner_created}" if self.owner_created else ""
+        split = f"; not a traffic split: {self.not_a_split}" if self.not_a_split else ""
         return (
             f"model name {self.model!r} is already served by ModelDeployment {self.owner[0]}/{self.owner[1]} "
             f"(older{since}): this one gets no gateway route until that one stops serving the name "
-            "(the oldest ModelDeployment serving a name keeps it)"
+            f"(the oldest ModelDeployment serving a name keeps it){split}"
         )
 
 
 @dataclass(frozen=True)
 class Claim:
-    """The model names one ModelDeployment's route serves, and when the object was created."""
+    """The model names one ModelDeployment's route serves, when the object was created, and its
+    spec.traffic (weight, sticky) if it sets one."""
 
     key: tuple[str, str]
     created: str | None
     models: tuple[str, ...]
+    traffic: tuple[int, bool] | None = None
+
+
+@dataclass(frozen=True)
+class Share:
+    """One member's part in a traffic split: ModelDeployments in one namespace that serve the same
+    model names and all set spec.traffic get one gateway route, named after the oldest (`route`),
+    whose backends are the members (`members`, oldest first, with their `weights`)."""
+
+    route: tuple[str, str]
+    members: tuple[tuple[str, str], ...]
+    weights: tuple[int, ...]
+    sticky: bool
+    weight: int  # this member's
+
+    @property
+    def percent(self) -> float:
+        """This member's share of the split's requests, in percent (0 when every weight is 0)."""
+        total = sum(self.weights)
+        return round(100.0 * self.weight / total, 2) if total else 0.0
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "weight": self.weight,
+            "share": self.percent,
+            "members": len(self.members),
+            "route": f"{self.route[0]}/{self.route[1]}",
+        }
 
 
 def _age(claim: Claim) -> tuple[float, str, str]:
@@ -174,23 +212,65 @@ def _age(claim: Claim) -> tuple[float, str, str]:
     return created, claim.key[0], claim.key[1]
 
 
-def route_conflicts(claims: Iterable[Claim]) -> dict[tuple[str, str], Conflict]:
-    """The ModelDeployments that get no route: each claims a model name an older one already serves.
+def _not_a_split(claim: Claim, owner: Claim) -> str:
+    """Why `claim` cannot join `owner`'s traffic split ("" when it can, or when neither asks)."""
+    if claim.traffic is None and owner.traffic is None:
+        return ""
+    if claim.traffic is None:
+        return f"{owner.key[0]}/{owner.key[1]} sets spec.traffic and this one does not (every member must)"
+    if owner.traffic is None:
+        return f"this one sets spec.traffic and {owner.key[0]}/{owner.key[1]} does not (every member must)"
+    if claim.key[0] != owner.key[0]:
+        return f"the members of a split must be in one namespace ({owner.key[0]}, not {claim.key[0]})"
+    if set(claim.models) != set(owner.models):
+        return (
+            f"the members of a split must serve the same model names, adapters included "
+            f"({sorted(owner.models)}, not {sorted(claim.models)})"
+        )
+    return ""
+
+
+def route_plan(
+    claims: Iterable[Claim],
+) -> tuple[dict[tuple[str, str], Conflict], dict[tuple[str, str], Share]]:
+    """Which ModelDeployments get no route (conflicts), and which take part in a traffic split.
 
     Oldest wins (creationTimestamp, ties by namespace/name); a ModelDeployment left without a route
     claims nothing, so a younger one may still serve its other names, exactly as the gateway drops
-    conflicting routes on its own (`rayleigh_gateway.routes.served_routes`)."""
+    conflicting routes on its own (`rayleigh_gateway.routes.served_routes`). The one exception is a
+    traffic split: a younger object that sets spec.traffic, in the namespace of an older one that
+    also sets it and serves the very same names (base and adapters), joins its split instead.
+    Every object that sets spec.traffic and gets a route has a Share, even alone in its split."""
     owner: dict[str, Claim] = {}
     out: dict[tuple[str, str], Conflict] = {}
+    groups: dict[tuple[str, str], list[Claim]] = {}
     for claim in sorted(claims, key=_age):
         taken = next((m for m in claim.models if m in owner), None)
         if taken is not None:
             winner = owner[taken]
-            out[claim.key] = Conflict(taken, winner.key, winner.created)
+            why = _not_a_split(claim, winner)
+            if claim.traffic is not None and winner.traffic is not None and not why:
+                groups[winner.key].append(claim)
+                continue
+            out[claim.key] = Conflict(taken, winner.key, winner.created, why)
             continue
         for model in claim.models:
             owner[model] = claim
-    return out
+        if claim.traffic is not None:
+            groups[claim.key] = [claim]
+    shares: dict[tuple[str, str], Share] = {}
+    for leader, members in groups.items():
+        keys = tuple(c.key for c in members)
+        weights = tuple(c.traffic[0] if c.traffic else 0 for c in members)
+        sticky = any(c.traffic is not None and c.traffic[1] for c in members)
+        for member, weight in zip(members, weights, strict=True):
+            shares[member.key] = Share(leader, keys, weights, sticky, weight)
+    return out, shares
+
+
+def route_conflicts(claims: Iterable[Claim]) -> dict[tuple[str, str], Conflict]:
+    """The ModelDeployments that get no route (`route_plan`'s conflicts)."""
+    return route_plan(claims)[0]
 
 
 @dataclass
@@ -207,8 +287,12 @@ class Entry:
     # The model names its route claims (base + adapters): set when the route renders, and from the
     # operator's first listing until then; empty while the spec is invalid.
     served: tuple[str, ...] = ()
+    # spec.traffic (weight, sticky), set with `served`; None when it sets none.
+    traffic: tuple[int, bool] | None = None
     # An older ModelDeployment already serves one of those names: no route (route_conflicts).
     conflict: Conflict | None = None
+    # Its part in a traffic split (route_plan), when it sets spec.traffic and is routed.
+    share: Share | None = None
     # A cluster-side refusal of the last apply, e.g. (Reason.FORBIDDEN, message); retried with
     # backoff (`apply_failures`, `retry_at`, monotonic) at the resync.
     apply_error: tuple[str, str] | None = None
@@ -245,7 +329,7 @@ class Entry:
         """The names this object's route serves, unless its spec is invalid."""
         if not self.served or self.spec_problem is not None:
             return None
-        return Claim(self.key, self.created, self.served)
+        return Claim(self.key, self.created, self.served, self.traffic)
 
     def observe_deployment(self, obj: dict[str, Any]) -> bool:
         """Fold a Deployment child's status into the entry; True when readiness changed."""
@@ -282,6 +366,7 @@ class Tracked:
         # common case, costs a comparison, not a pass over every object.
         self._claims: dict[tuple[str, str], Claim] = {}
         self._conflicts: dict[tuple[str, str], Conflict] = {}
+        self._shares: dict[tuple[str, str], Share] = {}
         self._stale = False  # claims changed since the conflicts were computed
         self._unsynced = False  # conflicts recomputed since entries' `conflict` were last set
 
@@ -296,7 +381,9 @@ class Tracked:
             if entry.md is not None or entry.applied or entry.lock.locked():
                 continue  # kopf's resume got there first
             with contextlib.suppress(ValueError):  # SpecError too: its apply reports it
-                entry.served = tuple(parse_spec({k: v for k, v in body.items() if k != "status"}).served_models())
+                md = parse_spec({k: v for k, v in body.items() if k != "status"})
+                entry.served = tuple(md.served_models())
+                entry.traffic = traffic_of(md)
             self.note_claim(entry)
             self.initial.add(entry.key)
         self.initial_deadline = time.monotonic() + wait_seconds
@@ -346,22 +433,27 @@ class Tracked:
     def conflicts(self) -> dict[tuple[str, str], Conflict]:
         """route_conflicts over every claim, recomputed when one changed."""
         if self._stale:
-            self._conflicts = route_conflicts(self._claims.values())
+            self._conflicts, self._shares = route_plan(self._claims.values())
             self._stale = False
             self._unsynced = True
         return self._conflicts
 
+    def shares(self) -> dict[tuple[str, str], Share]:
+        """route_plan's traffic split shares over every claim, recomputed when one changed."""
+        self.conflicts()
+        return self._shares
+
     def refresh_conflicts(self) -> list[Entry]:
-        """Set every Entry's route conflict; the entries whose conflict changed."""
+        """Set every Entry's route conflict and split share; the entries where either changed."""
         conflicts = self.conflicts()
         if not self._unsynced:
             return []
         self._unsynced = False
         changed = []
         for key, entry in self.entries.items():
-            conflict = conflicts.get(key)
-            if conflict != entry.conflict:
-                entry.conflict = conflict
+            conflict, share = conflicts.get(key), self._shares.get(key)
+            if conflict != entry.conflict or share != entry.share:
+                entry.conflict, entry.share = conflict, share
                 changed.append(entry)
         return changed
 

@@ -66,6 +66,8 @@ class Observed:
     apply_error: tuple[str, str] | None = None
     # Message when an older ModelDeployment serves one of this one's names (no route).
     conflict: str | None = None
+    # Its part in a traffic split (status.traffic: weight, share, members, route), if any.
+    traffic: dict[str, Any] | None = None
 
 
 @dataclass
@@ -266,11 +268,13 @@ def compute_status(obs: Observed, previous: dict[str, Any] | None, now: str) -> 
         observed_generation=obs.generation,
         # No endpoint while not serving, or while another ModelDeployment holds the name (no route).
         endpoint=obs.endpoint if d.ready_replicas > 0 and obs.conflict is None else None,
+        traffic=api.TrafficStatus.model_validate(obs.traffic) if obs.traffic is not None else None,
     )
     out = status.model_dump(by_alias=True, exclude_none=True, mode="json")
     # A merge patch removes a field only when it is sent as null: a model that stops serving must
-    # lose its endpoint.
+    # lose its endpoint, one that leaves a split its traffic.
     out.setdefault("endpoint", None)
+    out.setdefault("traffic", None)
     return out
 
 

@@ -63,6 +63,7 @@ class StatusWriter:
             autoscaling=bool(md and md.spec.autoscaling),
             apply_error=entry.apply_error,
             conflict=entry.conflict.message() if entry.conflict is not None else None,
+            traffic=entry.share.status() if entry.share is not None else None,
         )
 
     async def write(self, entry: Entry) -> None:
