@@ -411,6 +411,24 @@ def gateway() -> dashboard.Dashboard:
             ],
         )
     )
+    d = d.with_panel(
+        ts(
+            "Traffic split: share of requests by backend",
+            "Per route, each backend's share of the requests sent upstream (a backend is the ModelDeployment "
+            "behind it). A traffic split (spec.traffic) shows its live ratio next to the weights in "
+            "status.traffic.share; a one-backend route stays at 100%.",
+            [
+                (
+                    f"sum by (route, backend) (rate(rayleigh_gateway_backend_requests_total{{{GW}}}[{RATE}])) "
+                    f"/ ignoring(backend) group_left sum by (route) "
+                    f"(rate(rayleigh_gateway_backend_requests_total{{{GW}}}[{RATE}]))",
+                    "{{route}} -> {{backend}}",
+                )
+            ],
+            unit="percentunit",
+            width=24,
+        )
+    )
     d = d.with_row(dashboard.Row("Rejections and errors"))
     d = d.with_panel(
         ts(
