@@ -97,6 +97,8 @@ class Recorder:
         }
         if error:
             record["error"] = error
+        if ctx.backend:
+            record["backend"] = ctx.backend
         prompt = ctx.prompt
         if prompt is not None:
             record["messages"] = prompt.get("messages")

@@ -127,6 +127,8 @@ class Upstream:
                     "no_traffic_weight",
                 )
             m.backend_requests_c(cr.key, target.name).inc()
+            if cr.route.backends:
+                ctx.backend = target.name
             session = self.session(target.base)
             t_up = time.perf_counter()
             try:

@@ -7,7 +7,9 @@ and the route model; the end-to-end part runs the real gateway in front of two d
 
 from __future__ import annotations
 
+import json
 import random
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -199,9 +201,15 @@ def two_upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Up
         b.stop()
 
 
-def _gateway(config: Path, keys: KeyFile | None = None) -> GatewayThread:
+def _gateway(config: Path, keys: KeyFile | None = None, audit: Path | None = None) -> GatewayThread:
     thread = GatewayThread(
-        Settings(config_path=str(config), keys_path=str(keys.path) if keys else None, audit=False, reload_interval=0.1)
+        Settings(
+            config_path=str(config),
+            keys_path=str(keys.path) if keys else None,
+            audit=audit is not None,
+            audit_path=str(audit),
+            reload_interval=0.1,
+        )
     )
     thread.start()
     return thread
@@ -220,7 +228,8 @@ def test_gateway_splits_requests_between_two_upstreams_by_weight(
 ) -> None:
     a, b, d = two_upstreams
     config = write_yaml(d / "weights.yaml", {"routes": [dict(_split(a, b, 75, 25), public=True)]})
-    gw = _gateway(config)
+    audit = d / "audit.jsonl"
+    gw = _gateway(config, audit=audit)
     try:
         with httpx.Client(timeout=10) as client:
             origins = Counter()
@@ -241,6 +250,12 @@ def test_gateway_splits_requests_between_two_upstreams_by_weight(
                 if f'backend="{backend}"' in line and 'route="ml/chat-v1"' in line
             }
             assert counted == {"ml/chat-v1": origins["v1"], "ml/chat-v2": origins["v2"]}, counted
+            # The audit line names the backend each request went to.
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and len(audit.read_text().splitlines()) < 400:
+                time.sleep(0.05)
+            audited = Counter(json.loads(line)["backend"] for line in audit.read_text().splitlines())
+            assert audited == {"ml/chat-v1": origins["v1"], "ml/chat-v2": origins["v2"]}, audited
             # Weight 0 on both: no backend takes traffic, a clear 503.
             write_yaml(config, {"routes": [dict(_split(a, b, 0, 0), public=True)]})
             gw.gateway.check_reload()
