@@ -189,3 +189,23 @@ def test_status_shows_traffic_and_drops_it_when_the_object_leaves_the_split() ->
     alone = status.compute_status(status.Observed(**base, endpoint="e"), member, "t1")
     assert alone["traffic"] is None  # a merge patch removes it
     assert status.status_differs(member, alone)
+
+
+def test_seeded_objects_count_in_their_split_before_their_first_apply() -> None:
+    """After an operator restart the first listing already knows each object's weight, so the
+    first routes write cannot turn a younger member into a Conflict or drop it from the split."""
+    from rayleigh_operator.state import Tracked
+
+    def body(name: str, second: int, weight: int) -> dict[str, Any]:
+        d = doc(name, weight)
+        d["apiVersion"], d["kind"] = api.API_VERSION, api.KIND
+        d["metadata"]["creationTimestamp"] = f"2025-01-01T00:00:{second:02d}Z"
+        return d
+
+    tracked = Tracked()
+    tracked.seed([body("v2", 2, 25), body("v1", 1, 75)], wait_seconds=60)
+    assert tracked.entries[(NS, "v2")].traffic == (25, False)
+    tracked.refresh_conflicts()
+    assert tracked.conflicts() == {}
+    share = tracked.entries[(NS, "v2")].share
+    assert share is not None and share.route == (NS, "v1") and share.percent == 25.0
