@@ -11,6 +11,8 @@ import click
 from rayleigh_api import crd as crd_module
 from rayleigh_api import planner
 from rayleigh_api.loading import load_model_deployment, load_yaml_documents
+from rayleigh_api.resource import ModelDeployment
+from rayleigh_api.traffic import split_warnings
 from rayleigh_api.validation import SpecError, problems
 
 
@@ -33,9 +35,11 @@ def crd() -> None:
 def validate(files: tuple[str, ...]) -> None:
     """Check ModelDeployments with the same rules as the API server (schema and CEL), offline.
 
-    Prints every problem with its field path; exits 1 when any document is invalid.
+    Prints every problem with its field path; exits 1 when any document is invalid. Documents that
+    share a served model name and set spec.traffic but cannot form one traffic split get a warning.
     """
     failed = False
+    valid: list[ModelDeployment] = []
     for name in files:
         try:
             docs = load_yaml_documents(name)
@@ -61,6 +65,9 @@ def validate(files: tuple[str, ...]) -> None:
                     click.echo(f"  - {p}", err=True)
             else:
                 click.echo(f"{label}: ModelDeployment {who!r} is valid")
+                valid.append(ModelDeployment.model_validate({k: v for k, v in doc.items() if k != "status"}))
+    for warning in split_warnings(valid):
+        click.echo(f"warning: {warning}", err=True)
     if failed:
         sys.exit(1)
 
