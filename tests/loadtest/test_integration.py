@@ -138,5 +138,10 @@ def test_compare_the_serving_app_with_vllms_own_server(
                 assert r["reason"] and step["a"]["tpot_undefined"] + step["b"]["tpot_undefined"] > 0
                 continue
             assert r["ratio"] is not None and r["ratio"] > 0, (name, r)
-            assert r["low"] is not None and r["high"] is not None and r["low"] <= r["high"], (name, r)
+            # 4 requests a round: a bound the resamples cannot give (A's rate zero in too many of
+            # them) is null, and the ratio says why
+            if r["low"] is None or r["high"] is None:
+                assert r["reason"], (name, r)
+            else:
+                assert r["low"] <= r["high"], (name, r)
     assert len(list(out.glob("*.png"))) == 4
