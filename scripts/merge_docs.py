@@ -8,6 +8,8 @@ that owns the names and figures; the two index pages are generated so they never
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -50,8 +52,26 @@ def _sections(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: (rank.get(p.stem.split("_")[0], 99), p.stem))
 
 
+_LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")
+
+
+def _section_text(path: Path) -> str:
+    """A section's text with its relative links (images, files) rebased from its own folder to
+    docs/, where the assembled page lives: each section's links work in both places."""
+
+    def rebase(m: re.Match[str]) -> str:
+        target = m.group(2)
+        if re.match(r"^([a-z]+:|#|/)", target):
+            return m.group(0)
+        path_part, _, anchor = target.partition("#")
+        rebased = os.path.relpath(path.parent / path_part, ROOT / "docs").replace(os.sep, "/")
+        return m.group(1) + rebased + ("#" + anchor if anchor else "") + m.group(3)
+
+    return _LINK.sub(rebase, path.read_text()).rstrip() + "\n"
+
+
 def metrics_md() -> str:
-    return METRICS_HEAD + "\n".join(p.read_text().rstrip() + "\n" for p in _sections(ROOT / "docs" / "metrics"))
+    return METRICS_HEAD + "\n".join(_section_text(p) for p in _sections(ROOT / "docs" / "metrics"))
 
 
 def benchmarks_md() -> str:
@@ -64,7 +84,7 @@ def benchmarks_md() -> str:
         for key in keys:
             if key in data:
                 summary.append(f"| `{name}` | `{key}` | {data[key]} |")
-    body = "\n".join(p.read_text().rstrip() + "\n" for p in _sections(ROOT / "docs" / "benchmarks"))
+    body = "\n".join(_section_text(p) for p in _sections(ROOT / "docs" / "benchmarks"))
     return BENCH_HEAD + "\n".join(summary) + "\n\n" + body
 
 

@@ -32,3 +32,19 @@ def test_every_file_the_architecture_page_names_exists() -> None:
     assert len(named) > 20
     missing = sorted(p for p in named if not (REPO_ROOT / p).exists())
     assert not missing, f"docs/ARCHITECTURE.md names files that do not exist: {missing}"
+
+
+def test_relative_links_of_the_benchmarks_pages_resolve() -> None:
+    """Images and files linked from docs/BENCHMARKS.md and its sections exist (sections link from their
+    own folder; merge_docs.py rebases the links for the assembled page)."""
+    import re
+
+    pages = [REPO_ROOT / "docs" / "BENCHMARKS.md", *sorted((REPO_ROOT / "docs" / "benchmarks").glob("*.md"))]
+    missing = []
+    for page in pages:
+        for target in re.findall(r"!?\[[^\]]*\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"^([a-z]+:|#|/)", target):
+                continue
+            if not (page.parent / target.partition("#")[0]).exists():
+                missing.append(f"{page.relative_to(REPO_ROOT)}: {target}")
+    assert not missing, missing

@@ -11,6 +11,8 @@ Definitions (docs/BENCH.md):
   (`{"role": "assistant", "content": ""}`) is not a token. Without streaming the first token the
   client can see comes with the whole body, so TTFT is the end-to-end latency.
 - inter-token latencies: the gaps between consecutive token events.
+- TPOT: (e2e - TTFT) / (output tokens - events in the first token's read), undefined (None) unless
+  the token events arrived in at least 2 reads (`Record.tpot`).
 - output tokens: the server's `usage.completion_tokens` (asked for with
   `stream_options: {"include_usage": true}`); without usage, the tokenizer's count of the text when
   one is given, else the number of token events (streaming) or characters / 4 (not streaming).
@@ -96,11 +98,46 @@ class Record:
         return self.end - self.start
 
     @property
+    def token_reads(self) -> int:
+        """How many distinct reads delivered this request's token events (0: none).
+
+        Events that arrive in one read have a zero gap; a server that batches streamed tokens (or a
+        response that is not streamed) delivers several tokens, or all of them, in one read.
+        """
+        if self.ttft is None:
+            return 0
+        return 1 + sum(1 for g in self.itl if g > 0)
+
+    @property
+    def first_read_events(self) -> int:
+        """How many token events came in the read that delivered the first token (0: none)."""
+        if self.ttft is None:
+            return 0
+        n = 1
+        for g in self.itl:
+            if g > 0:
+                break
+            n += 1
+        return n
+
+    @property
     def tpot(self) -> float | None:
-        """Mean inter-token latency of this request: (e2e - TTFT) / (output tokens - 1)."""
-        if self.ttft is None or self.output_tokens < 2:
+        """Time per output token after the first read: (e2e - TTFT) / (output tokens - k), where k is
+        the number of token events in the read that brought the first token (k = 1 when tokens
+        stream one by one: the usual (e2e - TTFT) / (output tokens - 1)).
+
+        A server that batches streamed tokens (Ray Serve LLM every 50 ms; any server under load)
+        delivers several tokens with the first one; they were generated before TTFT, so they are not
+        counted in the time after it. Undefined (None) when no token came after the first read (all
+        in one read, or not streamed): the client saw no token pace at all, and the old formula gave
+        a near-zero artefact.
+        """
+        if self.ttft is None or self.token_reads < 2:
             return None
-        return (self.e2e - self.ttft) / (self.output_tokens - 1)
+        after = self.output_tokens - self.first_read_events
+        if after < 1:
+            return None
+        return (self.e2e - self.ttft) / after
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -112,6 +149,7 @@ class Record:
             "ttft_ms": None if self.ttft is None else round(self.ttft * 1e3, 4),
             "e2e_ms": round(self.e2e * 1e3, 4),
             "itl_ms": [round(x * 1e3, 4) for x in self.itl],
+            "tpot_ms": None if (t := self.tpot) is None else round(t * 1e3, 4),
             "output_tokens": self.output_tokens,
             "tokens_source": self.tokens_source,
             "prompt_tokens": self.prompt_tokens,

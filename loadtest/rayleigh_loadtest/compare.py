@@ -11,7 +11,10 @@ pooled over rounds per step; ratios are B over A with seeded two-stage bootstrap
 
 The rounds carry the machine's drift into the intervals: more, shorter rounds give tighter ones.
 
-(TPOT: a request's mean inter-token latency, (e2e - TTFT) / (output tokens - 1).)
+TPOT: a request's time per output token after the first read (`client.Record.tpot`), undefined for
+a request whose tokens all arrived in one read. A ratio that cannot be computed is null, with a
+`reason`; none of them divides by zero. The two sides draw their prompts from one sequence, so no
+prompt is sent to both (no cross-side prefix-cache hits when they share an engine).
 """
 
 from __future__ import annotations
@@ -53,7 +56,11 @@ async def run_compare(
         for side in SIDES:
             if specs[side].warmup and not stop.is_set():
                 await warm_up(clients[side], specs[side].workload[0], specs[side].warmup)
-        prompts = {s: PromptCounter() for s in SIDES}
+        # One prompt sequence for both sides: no prompt is sent to both, so when A and B share an
+        # engine (the same server twice, or a gateway in front of the server) the second side of a
+        # round does not hit the prefix cache the first one just filled.
+        shared = PromptCounter()
+        prompts = {s: shared for s in SIDES}
         for rnd in range(settings.rounds):
             for i, step in enumerate(spec_a.steps):
                 order = SIDES if rnd % 2 == 0 else SIDES[::-1]
@@ -97,7 +104,12 @@ def _values(rounds: list[StepResult], get: Callable[[Record], float | None]) -> 
 
 def step_ratios(a: list[StepResult], b: list[StepResult], settings: CompareSettings) -> dict[str, Ratio]:
     """B/A for one step; `a[i]` and `b[i]` are round i of each side."""
-    kw: dict[str, Any] = {"n": settings.bootstrap, "confidence": settings.confidence}
+    # When several rounds were measured, an interval needs samples from at least 2 of them.
+    kw: dict[str, Any] = {
+        "n": settings.bootstrap,
+        "confidence": settings.confidence,
+        "min_rounds": min(2, len(a), len(b)),
+    }
     out: dict[str, Ratio] = {}
     latency: dict[str, Callable[[Record], float | None]] = {
         "ttft_p50": lambda r: r.ttft,
@@ -105,7 +117,13 @@ def step_ratios(a: list[StepResult], b: list[StepResult], settings: CompareSetti
         "e2e_p50": lambda r: r.e2e,
     }
     for k, (name, get) in enumerate(latency.items()):
-        out[name] = bootstrap_ratio(_values(a, get), _values(b, get), median_stat, seed=settings.seed + k, **kw)
+        ratio = bootstrap_ratio(_values(a, get), _values(b, get), median_stat, seed=settings.seed + k, **kw)
+        if name == "tpot_p50" and ratio.reason is not None and ratio.low is None:
+            ratio = replace(
+                ratio,
+                reason=f"{ratio.reason} (TPOT is undefined for requests whose tokens all arrived in one read)",
+            )
+        out[name] = ratio
     rates: dict[str, Callable[[Record], float]] = {
         "output_tokens_per_s": lambda r: float(r.output_tokens),
         "requests_per_s": lambda r: 1.0,

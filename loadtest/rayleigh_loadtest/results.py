@@ -66,6 +66,14 @@ def notes(steps: Sequence[dict[str, Any]], workload: dict[str, Any]) -> list[str
             + ", ".join(sorted(str(x) for x in sources))
             + " (tokenizer: exact; chunks: one per streamed event; approximate: characters / 4)"
         )
+    undefined = sum(s.get("tpot_undefined") or 0 for s in steps)
+    if undefined:
+        completed = sum(s.get("completed") or 0 for s in steps)
+        out.append(
+            f"TPOT is undefined for {undefined} of {completed} successful requests, whose tokens all arrived "
+            "in one read (a server that batches streamed tokens, a short answer, or no streaming): "
+            "the tpot_* figures are over the others"
+        )
     if any(s.get("interrupted") for s in steps):
         out.append("the run was interrupted: the last step holds what was measured until then")
     if any(s.get("cancelled") for s in steps):

@@ -20,7 +20,7 @@ from tests.plugins.common import REPO_ROOT
 STEP_KEYS = {
     "mode", "concurrency", "rate", "label", "interrupted", "late_arrivals", "duration_s", "requests", "completed",
     "failed", "cancelled", "errors", "output_tokens", "output_tokens_source", "prompt_tokens_mean",
-    "output_tokens_per_s", "requests_per_s", "goodput", "goodput_requests_per_s",
+    "output_tokens_per_s", "requests_per_s", "goodput", "goodput_requests_per_s", "tpot_undefined",
     *(f"{m}_{s}_ms" for m in ("ttft", "itl", "tpot", "e2e") for s in ("p50", "p90", "p99", "mean")),
 }  # fmt: skip
 TOP_KEYS = {
