@@ -199,7 +199,7 @@ class LocalRay:
                 raise TimeoutError(f"Serve application {app!r} not RUNNING after {timeout:.0f} s: {status} {last}")
             time.sleep(0.5)
 
-    def stop(self, grace: float = 3.0) -> None:
+    def stop(self, grace: float = 2.0) -> None:
         """Stop every process this head started, within about `grace` seconds.
 
         SIGTERM at once to Ray's process group and to every process of this head outside it (the
