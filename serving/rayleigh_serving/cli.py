@@ -246,6 +246,9 @@ def up(
     signal.signal(signal.SIGINT, signal.default_int_handler)
     model = md.served_model_name()
     try:
+        if ray is not None:
+            click.echo(f"starting Ray (logs: {ray.log}) ...", err=True)
+            ray.launch()
         if gateway_cmd:
             from rayleigh_serving.gateway_local import LocalGateway
 
@@ -259,8 +262,7 @@ def up(
             )
             gw.launch()  # it starts while Ray and the engine do; it needs no upstream to become ready
         if ray is not None:
-            click.echo(f"starting Ray (logs: {ray.log}) ...", err=True)
-            ray.start()
+            ray.wait_started()
             phases.mark("Ray started")
             ray.deploy(config)
             phases.mark("Serve controller up, application submitted")
