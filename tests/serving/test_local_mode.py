@@ -89,18 +89,22 @@ def test_rayleigh_up_serves_the_tiny_model_through_the_gateway_until_ctrl_c(
     env = {**os.environ, "HOME": str(home), "RAYLEIGH_STATE_DIR": str(tmp_path / "state")}
     env.pop("RAY_AUTH_MODE", None)
     rayleigh = Path(sys.executable).with_name("rayleigh")
+    stderr = tmp_path / "up.stderr"
     proc = subprocess.Popen(
         [str(rayleigh), "up", "-f", str(EXAMPLES_DIR / "tiny.yaml"), "--port", str(port)],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr.open("w"),
         text=True,
         start_new_session=True,
     )
     try:
         assert proc.stdout is not None
-        printed = read_until(pump(proc.stdout), "Press Ctrl-C to stop.", timeout=600)
+        try:
+            printed = read_until(pump(proc.stdout), "Press Ctrl-C to stop.", timeout=600)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\nstderr:\n{stderr.read_text()}") from None
         assert re.search(r"Ready: first answer \d+\.\d s after start", printed)
         assert re.search(
             r"Start-up \(seconds since start\): Ray started [\d.]+ s, .*engine loaded .*first answer [\d.]+ s", printed
