@@ -149,6 +149,48 @@ def cmdline(p: psutil.Process) -> str:
         return ""
 
 
+REAPER_PARENT = """
+import os, subprocess, sys, time
+from rayleigh_serving.reaper import Reaper
+temp_dir = sys.argv[1]
+reaper = Reaper.start()
+grouped = subprocess.Popen(["sleep", "600"], start_new_session=True)
+marked = subprocess.Popen(["sleep", "601"], env={**os.environ, "RAY_TMPDIR": temp_dir}, start_new_session=True)
+reaper.group(grouped.pid)
+reaper.marker(temp_dir)
+reaper.rmtree(temp_dir)
+print(grouped.pid, marked.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_reaper_kills_what_it_was_told_about_when_its_parent_is_sigkilled(tmp_path: Path) -> None:
+    """The watchdog alone (no Ray): a process group and a process marked by RAY_TMPDIR, in sessions of
+    their own, die with the parent; the temp dir goes too."""
+    temp_dir = tmp_path / "rl-x"
+    temp_dir.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    parent = subprocess.Popen(
+        [sys.executable, "-c", REAPER_PARENT, str(temp_dir)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert parent.stdout is not None
+        children = [psutil.Process(int(pid)) for pid in parent.stdout.readline().split()]
+        assert len(children) == 2
+        parent.kill()
+        parent.wait()
+        _gone, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive
+        deadline = time.monotonic() + 10
+        while temp_dir.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not temp_dir.exists()
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(300)
 def test_rayleigh_up_killed_with_sigkill_leaves_no_ray_process_behind(tiny_model_dir: Path, tmp_path: Path) -> None:
