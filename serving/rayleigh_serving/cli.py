@@ -5,6 +5,7 @@ Importing this module stays cheap: Ray, vLLM, torch and peft are imported inside
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -15,6 +16,7 @@ from typing import Any
 import click
 
 DEFAULT_TINY_DIR = Path(".cache/models/tiny-qwen")
+REPLICA_STARTING = "engine replica scheduled (loading)"
 
 
 @click.command("make-tiny-model")
@@ -79,12 +81,18 @@ def merge_lora(base: Path, adapter: Path, out: Path) -> None:
 class _Progress:
     """One status line, redrawn in place on a terminal and printed every 10 s otherwise."""
 
-    def __init__(self) -> None:
+    def __init__(self, start: float, phases: _Phases | None = None) -> None:
         self.tty = sys.stderr.isatty()
         self.last_print = -10.0
-        self.start = time.monotonic()
+        self.start = start
+        self.phases = phases
 
     def __call__(self, status: str, detail: str, elapsed: float) -> None:
+        starting = "LLMServer" in detail and ("starting" in detail or "running" in detail)
+        if self.phases is not None and starting and not self.phases.seen(REPLICA_STARTING):
+            if self.tty:
+                click.echo("", err=True)
+            self.phases.mark(REPLICA_STARTING)
         line = f"[{time.monotonic() - self.start:5.0f} s] {status:<12} {detail}"
         if self.tty:
             click.echo("\r" + line[:150].ljust(150), nl=False, err=True)
@@ -175,8 +183,10 @@ def up(
     from rayleigh_api.validation import SpecError
     from rayleigh_serving.config import ServeConfigError, build_serve_config
     from rayleigh_serving.local import LocalRay, free_port, wait_for_answer
+    from rayleigh_serving.reaper import Reaper
 
     start = time.monotonic()
+    phases = _Phases(start)
     try:
         md = load_model_deployment(path)
     except SpecError as e:
@@ -203,6 +213,10 @@ def up(
             raise click.ClickException(str(e)) from e
         app = config["applications"][0]["name"]
         ray = LocalRay(num_cpus=num_cpus, http_port=serve_port, log=state_dir / "ray.log")
+    # Whatever ends this process (Ctrl-C, an error, SIGKILL), the watchdog kills what it started.
+    reaper = Reaper.start()
+    if ray is not None:
+        ray.reaper = reaper
     gw: Any = None
     stopping = False
 
@@ -211,41 +225,64 @@ def up(
         if stopping:
             return
         stopping = True
-        click.echo("\nstopping ...", err=True)
+        t = time.monotonic()
+        _say("\nstopping ...")
         if gw is not None:
-            gw.stop()
+            gw.terminate()  # the gateway and Ray shut down side by side
         if ray is not None:
             ray.stop()
-        click.echo("stopped.", err=True)
+        if gw is not None:
+            gw.stop()
+        reaper.clear()
+        reaper.close()
+        _say(f"stopped in {time.monotonic() - t:.1f} s.")
 
     def _on_sigterm(*_: Any) -> None:
         _stop()
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, _on_sigterm)
+    # Ctrl-C stops us even when started from a script with SIGINT ignored (`cmd &` in sh does that).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     model = md.served_model_name()
     try:
         if ray is not None:
             click.echo(f"starting Ray (logs: {ray.log}) ...", err=True)
-            ray.start()
-            ray.deploy(config)
-            progress = _Progress()
-            ray.wait_running(app, timeout=timeout, progress=progress)
-            progress.done()
-            upstream = ray.base_url
-        assert upstream is not None
-        wait_for_answer(upstream, model, timeout=120)
-        base_url, key, how = upstream, None, "no gateway in front: no API key needed"
+            ray.launch()
         if gateway_cmd:
             from rayleigh_serving.gateway_local import LocalGateway
 
-            gw = LocalGateway(gateway_cmd, md=md, upstream=upstream, port=port, state_dir=state_dir)
-            gw.start()
+            gw = LocalGateway(
+                gateway_cmd,
+                md=md,
+                upstream=upstream or (ray.base_url if ray is not None else ""),
+                port=port,
+                state_dir=state_dir,
+                reaper=reaper,
+            )
+            gw.launch()  # it starts while Ray and the engine do; it needs no upstream to become ready
+        if ray is not None:
+            ray.wait_started()
+            phases.mark("Ray started")
+            ray.deploy(config)
+            phases.mark("Serve controller up, application submitted")
+            progress = _Progress(start, phases)
+            ray.wait_running(app, timeout=timeout, progress=progress)
+            progress.done()
+            phases.mark("engine loaded (application RUNNING)")
+            upstream = ray.base_url
+        assert upstream is not None
+        base_url, key, how = upstream, None, "no gateway in front: no API key needed"
+        warm_url: str = upstream
+        if gw is not None:
+            gw.wait_ready()
+            phases.mark("gateway ready")
             base_url, key, how = gw.base_url, gw.api_key, gw.how_to_call()
             if key is not None or md.spec.gateway.public:
-                wait_for_answer(base_url, model, timeout=60, api_key=key)
-        elapsed = time.monotonic() - start
-        _print_ready(base_url, model, md.served_models(), key, how, elapsed, ray)
+                warm_url = base_url  # one warm-up request through the whole path
+        wait_for_answer(warm_url, model, timeout=120, api_key=key if warm_url == base_url else None)
+        elapsed = phases.mark("first answer")
+        _print_ready(base_url, model, md.served_models(), key, how, elapsed, ray, phases.summary())
         if exit_after_ready:
             return
         while True:
@@ -259,8 +296,34 @@ def up(
         _stop()
 
 
+def _say(line: str) -> None:
+    """Print to stderr while stopping: a closed terminal or pipe must not keep us from cleaning up."""
+    with contextlib.suppress(OSError, ValueError):
+        click.echo(line, err=True)
+
+
+class _Phases:
+    """Where start-up goes: each phase as seconds since `rayleigh up` started, printed as it ends."""
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.marks: list[tuple[str, float]] = []
+
+    def mark(self, name: str) -> float:
+        at = time.monotonic() - self.start
+        self.marks.append((name, at))
+        click.echo(f"[{at:6.1f} s] {name}", err=True)
+        return at
+
+    def seen(self, name: str) -> bool:
+        return any(n == name for n, _ in self.marks)
+
+    def summary(self) -> str:
+        return ", ".join(f"{name} {at:.1f} s" for name, at in self.marks)
+
+
 def _print_ready(
-    base_url: str, model: str, models: list[str], key: str | None, how: str, elapsed: float, ray: Any
+    base_url: str, model: str, models: list[str], key: str | None, how: str, elapsed: float, ray: Any, phases: str
 ) -> None:
     auth = f' -H "Authorization: Bearer {key}"' if key else ""
     api_key = key or "unused"
@@ -268,6 +331,7 @@ def _print_ready(
     click.echo(
         f"""
 Ready: first answer {elapsed:.1f} s after start.
+  Start-up (seconds since start): {phases}
   OpenAI endpoint: {base_url}/v1   models: {", ".join(models)}
   {how}
   {ray_line}

@@ -20,11 +20,15 @@ from typing import Any
 
 from rayleigh_gateway.routes import route_for
 from rayleigh_serving.local import free_port
+from rayleigh_serving.reaper import Reaper
 
 
 class LocalGateway:
-    def __init__(self, command: list[str], *, md: Any, upstream: str, port: int, state_dir: Path) -> None:
+    def __init__(
+        self, command: list[str], *, md: Any, upstream: str, port: int, state_dir: Path, reaper: Reaper | None = None
+    ) -> None:
         self.command = command
+        self.reaper = reaper
         self.md = md
         self.upstream = upstream
         self.port = port or free_port()
@@ -58,6 +62,11 @@ class LocalGateway:
         return "API keys and JWT are both off and the model is not public: the gateway refuses every caller"
 
     def start(self, timeout: float = 60.0) -> None:
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the gateway process and return at once (`rayleigh up` starts it while the engine loads)."""
         from rayleigh_gateway.keys import load_or_new, save_keys
 
         config_path = self.state_dir / "gateway-routes.json"
@@ -88,6 +97,11 @@ class LocalGateway:
         ]
         with open(self.state_dir / "gateway.log", "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        if self.reaper is not None:
+            self.reaper.group(self.proc.pid)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -99,15 +113,20 @@ class LocalGateway:
                 time.sleep(0.3)
         raise TimeoutError(f"the gateway did not become ready on {self.base_url}")
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
+        """SIGTERM without waiting (`stop()` waits), so the gateway and Ray shut down side by side."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+
+    def stop(self, grace: float = 3.0) -> None:
         if self.proc is None:
             return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+        self.terminate()
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout=15)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
         self.proc = None

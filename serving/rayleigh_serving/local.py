@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rayleigh_serving.reaper import Reaper, kill_groups, kill_marked, reap
+
 RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_DISABLE_DOCKER_CPU_WARNING": "1",
@@ -78,9 +80,16 @@ class LocalRay:
     log: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
     tuned: bool = True
+    # Leave out the head processes a one-machine Serve app never uses: the autoscaler monitor (no
+    # nodes to add) and the log monitor (it streams worker logs to drivers; there is none, the logs
+    # stay in files). Local mode only: the operator's head pods are rendered elsewhere.
+    lean: bool = True
     temp_dir: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
+    # The watchdog that kills this head's processes if our process dies without calling stop().
+    reaper: Reaper | None = None
     _own_temp: bool = False
+    _own_reaper: bool = False
 
     @property
     def address(self) -> str:
@@ -99,6 +108,11 @@ class LocalRay:
         return f"http://127.0.0.1:{self.http_port}"
 
     def start(self, timeout: float = 120.0) -> None:
+        self.launch()
+        self.wait_started(timeout)
+
+    def launch(self) -> None:
+        """Run `ray start` and return at once (`rayleigh up` starts its gateway meanwhile)."""
         if self.temp_dir is None:
             # Ray's socket paths must stay under 107 bytes: a short dir under /tmp.
             self.temp_dir = Path(tempfile.mkdtemp(prefix="rl-", dir="/tmp"))
@@ -125,10 +139,23 @@ class LocalRay:
             "--disable-usage-stats",
             "--include-dashboard=true",
         ]
+        if self.lean:
+            cmd += ["--no-monitor", "--include-log-monitor=false"]
+        if self.reaper is None:
+            self.reaper = Reaper.start()
+            self._own_reaper = True
+        self.reaper.marker(self.temp_dir)
+        if self._own_temp:
+            self.reaper.rmtree(self.temp_dir)
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
             cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(self.temp_dir)
         )
+        self.reaper.group(self.proc.pid)
+
+    def wait_started(self, timeout: float = 120.0) -> None:
+        """Wait until the dashboard's Serve REST API answers."""
+        assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -179,39 +206,47 @@ class LocalRay:
             last = message or last
             if elapsed > timeout:
                 raise TimeoutError(f"Serve application {app!r} not RUNNING after {timeout:.0f} s: {status} {last}")
-            time.sleep(1.0)
+            time.sleep(0.5)
 
-    def stop(self) -> None:
-        """Stop every process this head started: its process group, then stragglers by temp dir."""
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=20)
+    def stop(self, grace: float = 2.0) -> None:
+        """Stop every process this head started, within about `grace` seconds.
+
+        SIGTERM at once to Ray's process group and to every process of this head outside it (the
+        workers and the vLLM engine processes, found by the private temp dir in their environment),
+        so they shut down side by side; SIGKILL whatever is left after `grace` seconds.
+        """
+        groups = [self.proc.pid] if self.proc is not None else []
+        markers = [str(self.temp_dir)] if self.temp_dir is not None else []
+        kill_groups(groups, signal.SIGTERM)
+        kill_marked(markers, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        ray_start = self.proc.pid if self.proc is not None else None
+        while time.monotonic() < deadline and _still_stopping(markers, ray_start):
+            time.sleep(0.1)
+        reap(groups, markers, [str(self.temp_dir)] if self._own_temp and self.temp_dir is not None else [])
         if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        if self.temp_dir is not None:
-            _kill_processes_mentioning(str(self.temp_dir))
-            if self._own_temp:
-                shutil.rmtree(self.temp_dir, ignore_errors=True)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5)
         self.proc = None
+        if self.reaper is not None and self._own_reaper:
+            self.reaper.clear()
+            self.reaper.close()
+            self.reaper = None
 
 
-def _kill_processes_mentioning(marker: str) -> None:
-    """SIGKILL processes whose command line or environment names our private temp dir."""
-    me = os.getpid()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == me:
+def _still_stopping(markers: list[str], ray_start: int | None) -> bool:
+    """Whether a process of the head is still shutting down after SIGTERM. `ray start --block` and
+    the GCS wait for each other after SIGTERM (seconds, measured) with nothing left to flush: not counted."""
+    for pid in kill_marked(markers, 0):
+        if pid == ray_start:
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes()
-            environ = (entry / "environ").read_bytes()
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
         except OSError:
             continue
-        if marker.encode() in cmdline or f"RAY_TMPDIR={marker}".encode() in environ:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(int(entry.name), signal.SIGKILL)
+        if comm != "gcs_server":
+            return True
+    return False
 
 
 def _deployment_summary(info: dict[str, Any]) -> str:
