@@ -49,7 +49,19 @@ _PROXY_RESPONSES: dict[str, Any] = {
         "headers": _RATE_HEADERS,
         "content": {
             "application/json": {"schema": {"type": "object"}},
-            "text/event-stream": {"schema": {"type": "string"}},
+            # OpenAPI 3.0: `schema` describes one event (data: a JSON chunk, or [DONE] last).
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {
+                        "data": {"type": "string"},
+                        "event": {"type": "string"},
+                        "id": {"type": "string"},
+                        "retry": {"type": "integer"},
+                    },
+                }
+            },
         },
     },
     "400": _err(
