@@ -6,16 +6,20 @@ import asyncio
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from rayleigh_api import Fairness
+from rayleigh_api import Fairness, ModelDeployment
 from rayleigh_gateway.cli import main
 from rayleigh_gateway.errors import GatewayError
 from rayleigh_gateway.fairness import FairGate, share_of
 from rayleigh_gateway.fairqueue import FairQueue
 from rayleigh_gateway.keys import KeyStore, KeyStoreError, load_keys
+from rayleigh_gateway.routes import route_for
+from tests.plugins.common import REPO_ROOT
 
 
 def drain(q: FairQueue[str], n: int, refill: dict[str, tuple[int, str]]) -> list[str]:
@@ -164,3 +168,19 @@ def test_keys_create_priority_and_weight(tmp_path: Path) -> None:
     assert (record.priority, record.weight) == ("high", 3)
     bad = CliRunner().invoke(main, ["keys", "create", "--file", path, "--owner", "t", "--priority", "urgent"])
     assert bad.exit_code != 0
+
+
+def test_route_for_carries_fairness() -> None:
+    doc = yaml.safe_load((REPO_ROOT / "manifests" / "examples" / "tiny.yaml").read_text())
+    route = route_for(ModelDeployment.model_validate(doc), "http://b:1")
+    assert route.fairness is None and "fairness" not in route.model_dump(mode="json", by_alias=True)
+    doc["spec"].setdefault("gateway", {})["fairness"] = {"maxInFlight": 8, "enginePriority": True}
+    route = route_for(ModelDeployment.model_validate(doc), "http://b:1")
+    assert route.model_dump(mode="json", by_alias=True)["fairness"] == {
+        "maxInFlight": 8,
+        "maxQueue": 1000,
+        "maxWaitSeconds": 30.0,
+        "enginePriority": True,
+    }
+    with pytest.raises(ValidationError):
+        Fairness.model_validate({"maxInFlight": 0})
