@@ -259,7 +259,7 @@ class Gateway:
         gate = self.gates.get(ctx.route.key, ctx.route.route.fairness)
         if gate is not None:
             try:
-                await gate.enter(caller.ident, caller.weight, caller.priority)
+                await gate.wait(caller.ident, caller.weight, caller.priority, ctx.receive)
             except GatewayError as err:
                 self.recorder.settle(ctx, None, err.status)  # give the tokens taken by admission back
                 await self.upstream.reject(ctx, err)

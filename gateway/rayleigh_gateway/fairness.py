@@ -11,6 +11,7 @@ Retry-After. The caller's class and weight come from its API key record (`raylei
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from rayleigh_api import Fairness
 
 from . import metrics as m
+from .asgi import Receive
 from .errors import GatewayError
 from .fairqueue import DEFAULT_PRIORITY, MAX_WEIGHT, PRIORITY_CLASSES, Entry, FairQueue
 from .keys import KeyRecord
@@ -62,6 +64,17 @@ def queue_timeout(seconds: float, retry: int) -> GatewayError:
     )
 
 
+def client_gone() -> GatewayError:
+    return GatewayError(
+        499, "The client closed the request while it was queued", "invalid_request_error", "client_gone"
+    )
+
+
+async def _disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 class FairGate:
     """The in-flight count of one route and its queue of waiting requests."""
 
@@ -81,11 +94,41 @@ class FairGate:
     def retry_after(self) -> int:
         return max(1, math.ceil(self.config.max_wait_seconds))
 
+    def try_enter(self) -> bool:
+        """Take a slot if one is free and nobody waits for it."""
+        if self.in_flight < self.config.max_in_flight and not len(self.queue):
+            self.in_flight += 1
+            return True
+        return False
+
+    async def wait(self, caller: str, weight: int, priority: str, receive: Receive) -> None:
+        """`enter`, and a client that goes away while queued leaves the queue at once (499): its
+        place is not kept until its turn. `receive` is the request's, its body already read."""
+        if self.try_enter():
+            return
+        enter = asyncio.ensure_future(self.enter(caller, weight, priority))
+        gone = asyncio.ensure_future(_disconnect(receive))
+        try:
+            await asyncio.wait((enter, gone), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            gone.cancel()
+            enter.cancel()  # enter passes a slot granted meanwhile on
+            raise
+        if enter.done():
+            gone.cancel()
+            return enter.result()  # or its 429/503
+        enter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await enter
+        if enter.done() and not enter.cancelled() and enter.exception() is None:
+            self.leave()  # admitted just as the client left
+        m.fair_rejections_c(self.route, priority, "client_gone").inc()
+        raise client_gone()
+
     async def enter(self, caller: str, weight: int, priority: str) -> None:
         """Wait for a slot; raise the 429/503 when the queue is full or the wait too long. The
         caller must `leave()` once for every `enter` that returned."""
-        if self.in_flight < self.config.max_in_flight and not len(self.queue):
-            self.in_flight += 1
+        if self.try_enter():
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = self.queue.push(future, caller, weight, priority)

@@ -184,3 +184,28 @@ def test_route_for_carries_fairness() -> None:
     }
     with pytest.raises(ValidationError):
         Fairness.model_validate({"maxInFlight": 0})
+
+
+def test_gate_wait_drops_a_client_that_leaves() -> None:
+    async def run() -> None:
+        gate = FairGate("ns/r", Fairness(max_in_flight=1, max_queue=4, max_wait_seconds=5))
+        left = asyncio.Event()
+
+        async def receive() -> dict[str, object]:
+            await left.wait()
+            return {"type": "http.disconnect"}
+
+        await gate.wait("a", 1, "normal", receive)  # a free slot: no waiting
+        waiter = asyncio.create_task(gate.wait("b", 1, "normal", receive))
+        stays = asyncio.create_task(gate.wait("c", 1, "normal", asyncio.Event().wait))  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)
+        assert len(gate.queue) == 2
+        left.set()
+        with pytest.raises(GatewayError) as gone:
+            await waiter
+        assert gone.value.status == 499 and len(gate.queue) == 1
+        gate.leave()
+        await stays  # c gets the slot b gave up
+        assert gate.in_flight == 1 and len(gate.queue) == 0
+
+    asyncio.run(run())

@@ -138,3 +138,26 @@ def test_full_queue_answers_429_with_retry_after(fair: Setup) -> None:
         'rayleigh_gateway_fair_queue_rejections_total{priority="normal",reason="queue_full",route="t/tiny"}' in metrics
     )
     assert 'rayleigh_gateway_fair_queue_wait_seconds_count{priority="high",route="t/fair"}' in metrics
+
+
+def test_a_client_that_leaves_the_queue_frees_its_place(fair: Setup) -> None:
+    gate = fair.thread.gateway.gates.gates["t/fair"]
+    slow = {**body("fair-model"), "rayleigh_test": {"sleep": 1.5}}
+    auth = {"Authorization": f"Bearer {fair.keys['heavy']}"}
+
+    async def run() -> None:
+        async with httpx.AsyncClient(base_url=fair.url, timeout=30) as client:
+            busy = asyncio.create_task(client.post("/v1/chat/completions", json=slow, headers=auth))
+            await asyncio.sleep(0.2)
+            with pytest.raises(httpx.ReadTimeout):
+                await client.post("/v1/chat/completions", json=body("fair-model"), headers=auth, timeout=0.3)
+            deadline = time.monotonic() + 1.0
+            while len(gate.queue) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert len(gate.queue) == 0 and gate.in_flight == 1  # gone before the slow one ended
+            assert (await busy).status_code == 200
+
+    asyncio.run(run())
+    assert gate.in_flight == 0
+    metrics = httpx.get(fair.thread.metrics_url).text
+    assert 'reason="client_gone",route="t/fair"' in metrics
