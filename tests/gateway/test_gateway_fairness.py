@@ -54,6 +54,7 @@ def fair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         "heavy": keyfile.create("heavy"),
         "light": keyfile.create("light"),
         "vip": keyfile.create("vip", priority="high"),
+        "w3": keyfile.create("w3", weight=3),
     }
     thread = GatewayThread(
         Settings(config_path=str(write_yaml(d / "routes.yaml", config)), keys_path=str(keyfile.path), audit=False)
@@ -161,3 +162,28 @@ def test_a_client_that_leaves_the_queue_frees_its_place(fair: Setup) -> None:
     assert gate.in_flight == 0
     metrics = httpx.get(fair.thread.metrics_url).text
     assert 'reason="client_gone",route="t/fair"' in metrics
+
+
+def test_backlogged_keys_are_admitted_by_weight(fair: Setup) -> None:
+    async def run() -> list[str]:
+        done: list[str] = []
+        async with httpx.AsyncClient(base_url=fair.url, timeout=60) as client:
+
+            async def call(key: str) -> None:
+                r = await client.post(
+                    "/v1/chat/completions",
+                    json=body("fair-model"),
+                    headers={"Authorization": f"Bearer {fair.keys[key]}"},
+                )
+                assert r.status_code == 200, r.text
+                done.append(key)
+
+            first = asyncio.create_task(call("light"))  # holds the one slot while both backlogs queue
+            await asyncio.sleep(0.01)
+            tasks = [asyncio.create_task(call(k)) for _ in range(16) for k in ("w3", "heavy")]
+            await asyncio.gather(first, *tasks)
+        return done[1:]
+
+    order = asyncio.run(run())
+    w3 = order[:16].count("w3")
+    assert 10 <= w3 <= 14, order  # 3:1 of the first 16 admitted: 12
