@@ -108,6 +108,12 @@ def test_priority_class_goes_first_and_reaches_the_engine(fair: Setup) -> None:
     assert before <= 5
     last = fair.upstream.stats()["last_body"]
     assert last["priority"] in (0, 1)  # enginePriority: high 0, normal 1
+    r = httpx.post(  # a client's own priority is replaced by its class's
+        fair.url + "/v1/chat/completions",
+        json={**body("fair-model"), "priority": -100},
+        headers={"Authorization": f"Bearer {fair.keys['heavy']}"},
+    )
+    assert r.status_code == 200 and fair.upstream.stats()["last_body"]["priority"] == 1
     r = httpx.post(
         fair.url + "/v1/chat/completions",
         json=body("fifo-model"),
