@@ -8,9 +8,13 @@ upstream that answers in microseconds and can be told to misbehave. It answers
 
 Test controls, in the request body (the gateway forwards unknown fields untouched):
 `"rayleigh_test": {"chunks": N, "delay": seconds between chunks, "fail_after": K (drop the
-connection after K chunks), "status": code}`.
+connection after K chunks), "status": code, "sleep": seconds before answering}`.
 
-Run: `python -m rayleigh_gateway.devupstream --port 9000`.
+A saturated replica: `--latency S` makes every completion take S seconds (as `sleep`) and
+`--concurrency N` serves at most N completions at once, first come first served (the rest wait),
+as one busy vLLM replica would.
+
+Run: `python -m bench.devupstream --port 9000 [--latency 0.05 --concurrency 1]`.
 """
 
 from __future__ import annotations
@@ -59,13 +63,20 @@ def _error(status: int, message: str) -> web.Response:
     return web.Response(status=status, body=body, content_type="application/json")
 
 
-def make_app(record: bool = True) -> web.Application:
+def make_app(record: bool = True, latency: float = 0.0, concurrency: int = 0) -> web.Application:
     stats = Stats()
+    slots = asyncio.Semaphore(concurrency) if concurrency > 0 else None
     app = web.Application(client_max_size=8 * 1024 * 1024)
     app[STATS] = stats
     cache: dict[str, bytes] = {}
 
     async def completions(request: web.Request) -> web.StreamResponse:
+        if slots is None:
+            return await answer(request)
+        async with slots:
+            return await answer(request)
+
+    async def answer(request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         stats.requests += 1
         try:
@@ -86,6 +97,9 @@ def make_app(record: bool = True) -> web.Application:
         control: dict[str, Any] = control_v if isinstance(control_v, dict) else {}
         if control.get("status"):
             return _error(int(control["status"]), "status requested by the test")
+        pause = float(control.get("sleep", latency))
+        if pause > 0:
+            await asyncio.sleep(pause)
         model = body["model"]
         max_tokens_v = body.get("max_tokens")
         max_tokens = max_tokens_v if isinstance(max_tokens_v, int) else 5
@@ -200,6 +214,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument("--latency", type=float, default=0.0, help="Seconds every completion takes.")
+    parser.add_argument("--concurrency", type=int, default=0, help="Completions served at once (0: unbounded).")
     args = parser.parse_args()
     try:
         import uvloop
@@ -207,7 +223,9 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    web.run_app(make_app(record=False), host=args.host, port=args.port, access_log=None, print=None)
+    web.run_app(
+        make_app(False, args.latency, args.concurrency), host=args.host, port=args.port, access_log=None, print=None
+    )
 
 
 if __name__ == "__main__":

@@ -429,6 +429,51 @@ def gateway() -> dashboard.Dashboard:
             width=24,
         )
     )
+    d = d.with_row(dashboard.Row("Fair sharing at saturation"))
+    d = d.with_panel(
+        ts(
+            "Fair-sharing queue length by priority",
+            "Requests waiting in the gateway for a slot on a saturated route (routes with spec.gateway.fairness), "
+            "by priority class. Steadily non-zero: the route's maxInFlight is reached; add replicas or raise it.",
+            [
+                (
+                    f"sum by (route, priority) (rayleigh_gateway_fair_queue_length{{{GW}}})",
+                    "{{route}} {{priority}}",
+                )
+            ],
+            width=8,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Fair-sharing queue wait p95 by priority",
+            "95th percentile of the time admitted requests waited in the fair-sharing queue, by priority class.",
+            [
+                (
+                    f"histogram_quantile(0.95, sum by (route, priority, le) "
+                    f"(rate(rayleigh_gateway_fair_queue_wait_seconds_bucket{{{GW}}}[{RATE}])))",
+                    "{{route}} {{priority}}",
+                )
+            ],
+            unit="s",
+            width=8,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Fair-sharing rejections",
+            "Requests refused by fair sharing: queue_full (429), queue_timeout (503), client_gone (left while queued).",
+            [
+                (
+                    f"sum by (route, priority, reason) "
+                    f"(rate(rayleigh_gateway_fair_queue_rejections_total{{{GW}}}[{RATE}]))",
+                    "{{route}} {{priority}} {{reason}}",
+                )
+            ],
+            unit="reqps",
+            width=8,
+        )
+    )
     d = d.with_row(dashboard.Row("Rejections and errors"))
     d = d.with_panel(
         ts(

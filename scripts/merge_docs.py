@@ -41,6 +41,7 @@ KEYS = {
     "serving_overhead": ["throughput_ratio_c16", "throughput_ratio_c1", "stock_ray_throughput_ratio_c16",
                          "stock_ray_throughput_ratio_c1", "ttft_added_p50_ms", "ttft_added_p99_ms",
                          "stock_ray_ttft_added_p50_ms"],
+    "fairness": ["light_p50_ratio_fair", "light_p50_ratio_fifo"],
     "operator_scale": ["time_ratio_vs_floor_100", "time_ratio_vs_floor_1000", "cpu_ratio_vs_floor_1000",
                        "apply_to_children_p50_s_100", "rss_idle_mb", "rss_1000_mb"],
 }  # fmt: skip

@@ -31,7 +31,7 @@ from rayleigh_api.base import (
     ExtraArg,
     Rule,
 )
-from rayleigh_api.gateway_spec import GatewayAuth, GatewaySpec, JwtAlgorithm, JwtAuth, RateLimits, TrafficSpec
+from rayleigh_api.gateway_spec import Fairness, GatewayAuth, GatewaySpec, JwtAlgorithm, JwtAuth, RateLimits, TrafficSpec
 from rayleigh_api.model_spec import Adapter, EngineSpec, ModelSpec, RopeScaling, SecretKeyRef
 from rayleigh_api.resource import ModelDeployment, ModelDeploymentSpec
 from rayleigh_api.status import (
@@ -70,6 +70,7 @@ __all__ = [
     "ConditionType",
     "EngineSpec",
     "ExtraArg",
+    "Fairness",
     "GatewayAuth",
     "GatewaySpec",
     "HeadResources",

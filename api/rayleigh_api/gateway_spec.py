@@ -85,6 +85,28 @@ class RateLimits(ApiModel):
     )
 
 
+class Fairness(ApiModel):
+    """Fair sharing at saturation: past `maxInFlight` requests in flight on this model (per gateway
+    process), requests wait in a bounded queue and are admitted by priority class, then by weighted
+    fair queuing across callers (weights and classes from the API key or JWT), instead of first come."""
+
+    max_in_flight: int = Field(
+        ge=1, le=100_000, description="Requests in flight on this model (per gateway process) before requests queue."
+    )
+    max_queue: int = Field(
+        default=1000, ge=0, le=100_000, description="Requests that may wait at once; past it: 429 queue_full."
+    )
+    max_wait_seconds: float = Field(
+        default=30.0, gt=0, le=3600, description="Longest wait in the queue; past it: 503 queue_timeout."
+    )
+    engine_priority: bool = Field(
+        default=False,
+        description="The engine runs vLLM's `--scheduling-policy priority`: write the caller's class into the "
+        "forwarded body as `priority` (high 0, normal 1, low 2). Leave false otherwise: vLLM rejects `priority` "
+        "under the default FCFS policy.",
+    )
+
+
 class GatewaySpec(ApiModel):
     """How the gateway exposes this model. Nothing is public unless `public: true`."""
 
@@ -118,6 +140,9 @@ class GatewaySpec(ApiModel):
         json_schema_extra={"items": {"type": "string", "maxLength": 64, "pattern": CIDR_PATTERN}},
     )
     rate_limits: RateLimits | None = Field(default=None, description="Request and token rate limits.")
+    fairness: Fairness | None = Field(
+        default=None, description="Fair sharing across callers when the model is saturated (off when unset)."
+    )
 
 
 class TrafficSpec(ApiModel):

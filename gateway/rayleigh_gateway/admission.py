@@ -35,6 +35,7 @@ from .auth import (
 from .compiled import PROXIED_PATHS, Compiled, CompiledRoute
 from .context import RequestContext
 from .errors import GatewayError
+from .fairqueue import ENGINE_PRIORITY
 from .keys import KeyStore
 from .limits import bucket_costs, invalid_param, limit_hit, rejection, request_charge
 from .policy import address_allowed, client_address
@@ -236,6 +237,9 @@ async def admit(
     ctx.estimate = charge.tokens
     ctx.decision = await take(limiter, cr, caller, charge.tokens, model)
     writes = charge.writes
+    fair = cr.route.fairness
+    if fair is not None and fair.engine_priority:
+        writes["priority"] = ENGINE_PRIORITY[caller.priority]  # vLLM --scheduling-policy priority
     if charge.stream:
         ctx.stream = True
         opts = payload.get("stream_options")

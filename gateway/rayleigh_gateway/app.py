@@ -29,9 +29,11 @@ from .admin import health, list_models, openapi
 from .admission import admit, client_of, read_headers
 from .asgi import Handler, Message, Receive, Scope, Send, send_error
 from .audit import Recorder
+from .auth import Caller
 from .compiled import PROXIED_PATHS, Compiled, compile_config
 from .context import RequestContext
 from .errors import GatewayError, method_not_allowed, not_found
+from .fairness import FairGates
 from .jwt_auth import JWKSCaches, JWKSFetcher, jwks_host_allowed
 from .keys import KeyStore, KeyStoreError, load_keys
 from .proxy import Upstream
@@ -80,7 +82,8 @@ class Gateway:
         self.jwks_fetcher = JWKSFetcher()
         self.jwks = JWKSCaches(self.jwks_fetcher)  # one cache per JWKS URL, kept across reloads
         self.streams: dict[str, int] = {}  # caller ident -> streams open now (this process)
-        self.reading: set[BodyDeadline] = set()  # requests reading their body (deadline swept)
+        self.reading: set[BodyDeadline] = set()
+        self.gates = FairGates()  # fair sharing: per route with `fairness`, kept across reloads  # requests reading their body (deadline swept)
         self.compiled = self._compile(load_config(settings.config_path))
         self.keys = load_keys(settings.keys_path) if settings.keys_path else KeyStore.new()
         self._sigs = (_stat_sig(settings.config_path), _stat_sig(settings.keys_path))
@@ -251,12 +254,27 @@ class Gateway:
             await self.upstream.reject(ctx, err)
             return
         body.stop()
+        caller = ctx.caller
+        assert caller is not None and ctx.route is not None
+        gate = self.gates.get(ctx.route.key, ctx.route.route.fairness)
+        if gate is not None:
+            try:
+                await gate.wait(caller.ident, caller.weight, caller.priority, ctx.receive)
+            except GatewayError as err:
+                self.recorder.settle(ctx, None, err.status)  # give the tokens taken by admission back
+                await self.upstream.reject(ctx, err)
+                return
+        try:
+            await self._forward(ctx, caller, compiled)
+        finally:
+            if gate is not None:
+                gate.leave()
+
+    async def _forward(self, ctx: RequestContext, caller: Caller, compiled: Compiled) -> None:
         if not ctx.stream:
             await self.upstream.forward(ctx)
             return
         # A stream holds a backend connection for its whole length: cap them per caller.
-        caller = ctx.caller
-        assert caller is not None
         record = caller.record
         cap = (record.max_concurrent_streams if record else None) or compiled.config.limits.max_concurrent_streams
         ident = caller.ident

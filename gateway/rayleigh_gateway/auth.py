@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from .compiled import CompiledRoute
 from .errors import GatewayError, missing_credentials
+from .fairness import share_of
+from .fairqueue import DEFAULT_PRIORITY
 from .jwt_auth import JWTRejected, JWTVerifier
 from .keys import KeyRecord, KeyStore
 
@@ -31,6 +33,8 @@ class Caller:
     ident: str  # key id, jwt:<sub>, or ip:<address> for anonymous callers of public routes
     kind: str  # api_key | jwt | anonymous
     record: KeyRecord | None = None
+    priority: str = DEFAULT_PRIORITY  # fair sharing class and weight (fairness.share_of)
+    weight: int = 1
 
 
 def _no_credential(cred: str | None) -> GatewayError:
@@ -78,7 +82,7 @@ def authenticate(
             raise GatewayError(
                 403, f"This API key may not use model {model!r}", "permission_error", "model_not_allowed"
             )
-        return Caller(record.id, "api_key", record)
+        return Caller(record.id, "api_key", record, *share_of(record, None))
     return None
 
 
@@ -118,7 +122,7 @@ async def verify_any_jwt(verifiers: Sequence[JWTVerifier], token: str) -> Caller
         except JWTRejected as exc:
             first = first or exc
             continue
-        return Caller("jwt:" + claims.subject, "jwt")
+        return Caller("jwt:" + claims.subject, "jwt", None, *share_of(None, claims.claims))
     if first is None:
         raise GatewayError(401, "Invalid API key", "authentication_error", "invalid_api_key")
     raise GatewayError(401, f"Invalid token: {first}", "authentication_error", first.reason)

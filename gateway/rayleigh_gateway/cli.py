@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from .fairqueue import MAX_WEIGHT, PRIORITY_CLASSES
 from .keys import KeyStoreError, load_keys, load_or_new, save_keys
 
 if TYPE_CHECKING:
@@ -291,6 +292,8 @@ def _parse_expiry(value: str | None) -> float | None:
     type=click.IntRange(min=1),
     help="Streams the key may have open at once per gateway process (default: the gateway's limits.maxConcurrentStreams).",
 )
+@click.option("--priority", type=click.Choice(PRIORITY_CLASSES), help="Fair sharing class (default normal).")
+@click.option("--weight", type=click.IntRange(1, MAX_WEIGHT), help="Fair sharing weight in its class (default 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def keys_create(
     path: str,
@@ -300,6 +303,8 @@ def keys_create(
     tpm: int | None,
     expires: str | None,
     max_streams: int | None,
+    priority: str | None,
+    weight: int | None,
     as_json: bool,
 ) -> None:
     """Create a key; the plaintext key is printed once and never stored."""
@@ -307,7 +312,7 @@ def keys_create(
         store = load_or_new(path)
     except KeyStoreError as exc:
         raise click.ClickException(str(exc)) from None
-    key, record = store.create(owner, list(models), rpm, tpm, _parse_expiry(expires), max_streams)
+    key, record = store.create(owner, list(models), rpm, tpm, _parse_expiry(expires), max_streams, priority, weight)
     save_keys(store, path)
     if not models:
         click.echo(

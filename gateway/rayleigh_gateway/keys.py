@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from .fairqueue import MAX_WEIGHT, PRIORITY_CLASSES
+
 KEY_PREFIX = "rk_"
 
 
@@ -41,6 +43,8 @@ class KeyRecord:
     revoked: bool = False
     created_at: float = 0.0
     max_concurrent_streams: int | None = None  # None: the gateway's limits.maxConcurrentStreams
+    priority: str | None = None  # fair sharing class (fairqueue.PRIORITY_CLASSES); None: normal
+    weight: int | None = None  # fair sharing weight; None: 1
 
     def allows(self, model: str) -> bool:
         return not self.models or model in self.models
@@ -67,6 +71,11 @@ class KeyRecord:
         if limits:
             out["limits"] = limits
         out["expiresAt"] = _iso(self.expires_at) if self.expires_at is not None else None
+        # Written only when set, so key files without them read (and diff) as before.
+        if self.priority is not None:
+            out["priority"] = self.priority
+        if self.weight is not None:
+            out["weight"] = self.weight
         return out
 
     def public_view(self) -> dict[str, Any]:
@@ -130,6 +139,8 @@ class KeyStore:
         tokens_per_minute: int | None = None,
         expires_at: float | None = None,
         max_concurrent_streams: int | None = None,
+        priority: str | None = None,
+        weight: int | None = None,
     ) -> tuple[str, KeyRecord]:
         key_id = secrets.token_hex(6)
         while key_id in self.records:
@@ -145,6 +156,8 @@ class KeyStore:
             expires_at=expires_at,
             created_at=float(int(time.time())),
             max_concurrent_streams=max_concurrent_streams,
+            priority=_priority(priority, "priority"),
+            weight=_weight(weight, "weight"),
         )
         self.records[key_id] = record
         return key, record
@@ -203,6 +216,8 @@ class KeyStore:
                 max_concurrent_streams=_opt_int(
                     limits.get("maxConcurrentStreams"), f"{where}.limits.maxConcurrentStreams"
                 ),
+                priority=_priority(item.get("priority"), f"{where}.priority"),
+                weight=_weight(item.get("weight"), f"{where}.weight"),
             )
         return store
 
@@ -213,6 +228,19 @@ def _opt_int(value: Any, where: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise KeyStoreError(f"{where}: expected a positive integer, got {value!r}")
     return value
+
+
+def _priority(value: Any, where: str) -> str | None:
+    if value is None or value in PRIORITY_CLASSES:
+        return value  # type: ignore[no-any-return]
+    raise KeyStoreError(f"{where}: expected one of {', '.join(PRIORITY_CLASSES)}, got {value!r}")
+
+
+def _weight(value: Any, where: str) -> int | None:
+    weight = _opt_int(value, where)
+    if weight is not None and weight > MAX_WEIGHT:
+        raise KeyStoreError(f"{where}: expected at most {MAX_WEIGHT}, got {value!r}")
+    return weight
 
 
 def load_keys(path: str | Path) -> KeyStore:

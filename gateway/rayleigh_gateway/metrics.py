@@ -90,6 +90,24 @@ BACKEND_REQUESTS = Counter(
     "Requests sent to each backend of a route (a traffic split's live ratio); backend is namespace/name.",
     ["route", "backend"],
 )
+FAIR_QUEUE = Gauge(
+    "rayleigh_gateway_fair_queue_length",
+    "Requests waiting in a saturated route's fair-sharing queue, by priority class.",
+    ["route", "priority"],
+    multiprocess_mode="livesum",
+)
+FAIR_WAIT_SECONDS = Histogram(
+    "rayleigh_gateway_fair_queue_wait_seconds",
+    "Time admitted requests waited in a route's fair-sharing queue, by priority class (requests that did "
+    "not wait are not observed).",
+    ["route", "priority"],
+    buckets=LATENCY_BUCKETS,
+)
+FAIR_REJECTIONS = Counter(
+    "rayleigh_gateway_fair_queue_rejections_total",
+    "Requests refused by fair sharing: reason=queue_full (429) or queue_timeout (503), by priority class.",
+    ["route", "priority", "reason"],
+)
 IN_FLIGHT = Gauge(
     "rayleigh_gateway_in_flight_requests",
     "Requests being proxied now.",
@@ -135,6 +153,9 @@ fallback_c = LabelCache(RATELIMIT_FALLBACK)
 disconnects_c = LabelCache(CLIENT_DISCONNECTS)
 reloads_c = LabelCache(CONFIG_RELOADS)
 backend_requests_c = LabelCache(BACKEND_REQUESTS)
+fair_queue_c = LabelCache(FAIR_QUEUE)
+fair_wait_c = LabelCache(FAIR_WAIT_SECONDS)
+fair_rejections_c = LabelCache(FAIR_REJECTIONS)
 
 
 def render() -> tuple[bytes, str]:

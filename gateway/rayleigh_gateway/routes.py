@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from rayleigh_api import MODEL_NAME_PATTERN, ModelDeployment, RateLimits
+from rayleigh_api import MODEL_NAME_PATTERN, Fairness, ModelDeployment, RateLimits
 from rayleigh_api.errors import FieldErrors
 
 from .route_auth import AuthConfig, RouteModel
@@ -101,6 +101,11 @@ class Route(_Model):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     allowed_cidrs: list[str] = Field(default_factory=list, alias="allowedCIDRs")
     rate_limits: RateLimits = Field(default_factory=RateLimits, alias="rateLimits")
+    fairness: Fairness | None = Field(
+        default=None,
+        exclude_if=_unset,
+        description="Fair sharing at saturation (docs/GATEWAY.md, Fair sharing); unset: first come, first served.",
+    )
     # Left out of the rendered route when unset, so routes without them read as before.
     created_at: AwareDatetime | None = Field(
         default=None,
@@ -400,6 +405,8 @@ def route_for(md: ModelDeployment, backend: str) -> Route:
         route["auth"] = auth
     if gw.rate_limits is not None:
         route["rateLimits"] = gw.rate_limits.model_dump(by_alias=True, exclude_none=True)
+    if gw.fairness is not None:
+        route["fairness"] = gw.fairness.model_dump(by_alias=True)
     try:
         return Route.model_validate(route)
     except ValueError as exc:

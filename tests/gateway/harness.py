@@ -76,8 +76,13 @@ class AiohttpThread:
 
 
 class Upstream(AiohttpThread):
-    def __init__(self, extra_routes: Callable[[web.Application], object] | None = None) -> None:
-        app = make_app()
+    def __init__(
+        self,
+        extra_routes: Callable[[web.Application], object] | None = None,
+        latency: float = 0.0,
+        concurrency: int = 0,
+    ) -> None:
+        app = make_app(True, latency, concurrency)
         if extra_routes is not None:
             extra_routes(app)
         super().__init__(app)
