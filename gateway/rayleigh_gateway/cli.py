@@ -149,6 +149,12 @@ def _redis_gateway_env(url: str | None, flags: dict[str, str | None]) -> bool:
 @click.option("--workers", default=1, show_default=True, type=int)
 @click.option("--reload-interval", default=1.0, show_default=True, type=float, help="Seconds between config checks.")
 @click.option("--drain-seconds", default=30.0, show_default=True, type=float, help="Graceful shutdown budget.")
+@click.option(
+    "--wake-url",
+    envvar="RAYLEIGH_GATEWAY_WAKE_URL",
+    help="The operator's wake endpoint (http://OPERATOR:PORT/wake): POSTed when a request waits for a "
+    "model scaled to zero.",
+)
 @click.option("--no-audit", is_flag=True, help="Do not write the per-request JSON audit line.")
 @click.option("--audit-file", default="-", show_default=True, help="Where audit lines go ('-': stdout).")
 @click.option("--log-level", default="info", show_default=True)
@@ -193,6 +199,7 @@ def gateway(
     workers: int,
     reload_interval: float,
     drain_seconds: float,
+    wake_url: str | None,
     no_audit: bool,
     audit_file: str,
     log_level: str,
@@ -218,6 +225,7 @@ def gateway(
     has_redis = _redis_gateway_env(redis_url, redis_flags)
     os.environ["RAYLEIGH_GATEWAY_RELOAD_SECONDS"] = str(reload_interval)
     os.environ["RAYLEIGH_GATEWAY_DRAIN_SECONDS"] = str(drain_seconds)
+    os.environ["RAYLEIGH_GATEWAY_WAKE_URL"] = wake_url or ""
     os.environ["RAYLEIGH_GATEWAY_AUDIT"] = "0" if no_audit else "1"
     os.environ["RAYLEIGH_GATEWAY_AUDIT_PATH"] = audit_file
     os.environ["RAYLEIGH_GATEWAY_MAX_HEADER_BYTES"] = str(max_header_bytes)
