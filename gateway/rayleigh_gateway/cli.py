@@ -149,12 +149,7 @@ def _redis_gateway_env(url: str | None, flags: dict[str, str | None]) -> bool:
 @click.option("--workers", default=1, show_default=True, type=int)
 @click.option("--reload-interval", default=1.0, show_default=True, type=float, help="Seconds between config checks.")
 @click.option("--drain-seconds", default=30.0, show_default=True, type=float, help="Graceful shutdown budget.")
-@click.option(
-    "--wake-url",
-    envvar="RAYLEIGH_GATEWAY_WAKE_URL",
-    help="The operator's wake endpoint (http://OPERATOR:PORT/wake): POSTed when a request waits for a "
-    "model scaled to zero.",
-)
+@click.option("--wake-url", envvar="RAYLEIGH_GATEWAY_WAKE_URL", help="The operator's wake endpoint (scale to zero).")
 @click.option("--no-audit", is_flag=True, help="Do not write the per-request JSON audit line.")
 @click.option("--audit-file", default="-", show_default=True, help="Where audit lines go ('-': stdout).")
 @click.option("--log-level", default="info", show_default=True)
