@@ -46,7 +46,7 @@ class Autoscaling(ApiModel):
     )
     idle_seconds: int | None = Field(
         default=None,
-        ge=30,
+        ge=5,
         le=86400,
         description="Scale to zero: with minReplicas 0, the operator scales the workers to 0 after this many "
         "seconds without a request (the gateway's wake signals and Serve's request count).",

@@ -65,6 +65,25 @@ class Hold:
         self.backoff = backoff
         self.wake_every = wake_every
         self.queues: dict[str, _Queue] = {}
+        self.touched: dict[str, float] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def touch(self, key: str) -> None:
+        """A request goes to `key` (a scale-to-zero model): tell the operator, at most every
+        `wake_every` seconds, so that its idle window restarts."""
+        now = time.monotonic()
+        if now - self.touched.get(key, float("-inf")) < self.wake_every:
+            return
+        self.touched[key] = now
+        task = asyncio.create_task(self._touch(key))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _touch(self, key: str) -> None:
+        try:
+            await self.wake(key)
+        except Exception as exc:
+            log.warning("activity signal for %s failed: %s", key, exc)
 
     def held(self, key: str) -> int:
         q = self.queues.get(key)
@@ -126,6 +145,8 @@ class Hold:
                 del self.queues[key]
 
     async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
         for q in list(self.queues.values()):
             if q.poller is not None:
                 q.poller.cancel()

@@ -167,8 +167,10 @@ class Upstream:
                 ctx.backend = target.name
             session = self.session(target.base)
             hold = self.hold
-            if hold is not None and cr.route.cold_start:
-                await self._held(hold, target.name, target.base)
+            if hold is not None and cr.route.scale_to_zero:
+                hold.touch(target.name)  # activity: the operator's idle window restarts
+                if cr.route.cold_start:
+                    await self._held(hold, target.name, target.base)
             t_up = time.perf_counter()
             try:
                 try:

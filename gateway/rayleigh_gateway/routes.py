@@ -100,12 +100,14 @@ class Route(_Model):
     cold_start: bool = Field(
         default=False,
         alias="coldStart",
+        exclude_if=_falsy,
         description="The operator scaled this model to zero: requests are held (limits.coldStartQueue, "
         "coldStartWaitSeconds) while the gateway wakes it (hold.py).",
     )
     scale_to_zero: bool = Field(
         default=False,
         alias="scaleToZero",
+        exclude_if=_falsy,
         description="The model may be scaled to zero (autoscaling.minReplicas 0): a backend refusing "
         "connections is held for as a cold start, not answered 502.",
     )
@@ -396,6 +398,10 @@ def route_for(md: ModelDeployment, backend: str) -> Route:
         "public": gw.public,
         "allowedCIDRs": list(gw.allowed_cidrs),
     }
+    auto = md.spec.autoscaling
+    if auto is not None and auto.min_replicas == 0:
+        route["scaleToZero"] = True
+        route["coldStart"] = md.spec.replicas == 0  # the operator scaled it to zero: hold, wake
     created = md.metadata.get("creationTimestamp")
     if isinstance(created, datetime) and created.tzinfo is None:
         created = created.replace(tzinfo=UTC)  # a YAML timestamp read without its zone: Kubernetes writes UTC

@@ -100,6 +100,20 @@ async def test_a_wait_past_the_bound_answers_503_and_leaves_the_queue() -> None:
     assert "ns/m" not in hold.queues, "the poller stops when nobody waits"
 
 
+async def test_activity_is_signalled_at_most_once_per_wake_interval() -> None:
+    b = Backend()
+    hold = _hold(b, wake_every=0.2)
+    for _ in range(50):
+        hold.touch("ns/m")
+    hold.touch("ns/other")
+    await asyncio.sleep(0.01)
+    assert sorted(b.wakes) == ["ns/m", "ns/other"]
+    await asyncio.sleep(0.25)
+    hold.touch("ns/m")
+    await asyncio.sleep(0.01)
+    assert b.wakes.count("ns/m") == 2
+
+
 async def test_probes_back_off_and_a_failing_wake_does_not_stop_the_probe() -> None:
     probes: list[float] = []
 
