@@ -66,6 +66,11 @@ class Hold:
         self.wake_every = wake_every
         self.queues: dict[str, _Queue] = {}
         self.touched: dict[str, float] = {}
+        # Backends a probe found ready lately: a `coldStart` route can stay flagged for a while after
+        # the wake (the operator rewrites it, the kubelet syncs the mounted ConfigMap within about a
+        # minute); its requests go straight on meanwhile, without a probe or a wake each.
+        self.ready_until: dict[str, float] = {}
+        self.ready_for = 120.0
         self.tasks: set[asyncio.Task[None]] = set()
 
     def touch(self, key: str) -> None:
@@ -92,9 +97,15 @@ class Hold:
     def retry_after(self) -> int:
         return max(1, min(60, round(self.max_wait / 4)))
 
+    def forget_ready(self, key: str) -> None:
+        """The backend of `key` refused a connection: the next request holds again."""
+        self.ready_until.pop(key, None)
+
     async def wait(self, key: str, base: str) -> None:
         """Wait until the backend `base` of route `key` is ready; GatewayError 503 when the queue is
         full or the wait runs out."""
+        if self.ready_until.get(key, 0.0) > time.monotonic():
+            return
         q = self.queues.get(key)
         if q is None:
             q = self.queues[key] = _Queue()
@@ -132,6 +143,7 @@ class Hold:
                 except Exception:
                     ready = False
                 if ready:
+                    self.ready_until[key] = time.monotonic() + self.ready_for
                     log.info("%s is up after %.1fs; releasing %d held", key, now - q.since, len(q.waiters))
                     while q.waiters:
                         fut = q.waiters.popleft()

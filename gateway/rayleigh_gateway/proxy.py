@@ -180,6 +180,7 @@ class Upstream:
                     if hold is None or not (cr.route.scale_to_zero or cr.route.cold_start):
                         raise
                     # Refused: nothing was sent, so the request can wait for the backend and go again.
+                    hold.forget_ready(target.name)
                     await self._held(hold, target.name, target.base)
                     t_up = time.perf_counter()
                     resp_cm = session.post(target.urls[ctx.path], data=ctx.body, headers=headers)

@@ -68,6 +68,17 @@ async def test_held_requests_are_released_in_arrival_order_once_the_backend_is_u
     assert order == [0, 1, 2, 3, 4]
     assert b.wakes == ["ns/m"], "one wake per cold start, not one per request"
     assert hold.held("ns/m") == 0 and "ns/m" not in hold.queues
+    # Up lately: later requests go straight on (the route's coldStart flag lags), no probe, no wake.
+    probes = b.probes
+    await asyncio.wait_for(hold.wait("ns/m", "http://m"), 0.05)
+    assert (b.probes, b.wakes) == (probes, ["ns/m"])
+    hold.forget_ready("ns/m")  # refused again: held again
+    b.up = False
+    held = asyncio.create_task(hold.wait("ns/m", "http://m"))
+    await asyncio.sleep(0.05)
+    assert hold.held("ns/m") == 1
+    b.up = True
+    await held
 
 
 async def test_a_full_queue_answers_503_model_cold_starting_with_retry_after() -> None:
