@@ -125,9 +125,19 @@ class IdleScaler:
             "message": message,
             "lastTransitionTime": since or _now(),
         }
-        status["conditions"] = [
-            c for c in status.get("conditions", []) if c.get("type") != api.ConditionType.SCALED_TO_ZERO
-        ] + [condition]
+        conditions = [c for c in status.get("conditions", []) if c.get("type") != api.ConditionType.SCALED_TO_ZERO]
+        if at_zero and status.get("phase") in (api.Phase.DEPLOYING, api.Phase.READY):
+            # At zero on purpose, and the Ray head is up: ready to serve on demand (the gateway holds
+            # and wakes), as a Knative Service scaled to zero stays Ready. Not Deploying, which would
+            # page (RayleighModelDeploymentNotReady) for every idle model.
+            status["phase"] = api.Phase.READY.value
+            for c in conditions:
+                if c.get("type") in (api.ConditionType.READY, api.ConditionType.PROGRESSING):
+                    ready = c["type"] == api.ConditionType.READY
+                    if c.get("status") != ("True" if ready else "False"):
+                        c["lastTransitionTime"] = condition["lastTransitionTime"]
+                    c.update(status="True" if ready else "False", reason=api.Reason.IDLE.value, message=message)
+        status["conditions"] = [*conditions, condition]
         cold = self.last_cold_start.get(key) or (entry.status or {}).get("lastColdStart")
         if cold:
             status["lastColdStart"] = cold

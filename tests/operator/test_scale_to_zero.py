@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from rayleigh_operator.idle import IdleScaler
+from rayleigh_operator.state import Entry, Tracked, parse_spec
 from tests.operator.test_operator_faults import FAST, apply_docs, condition, md_path, tiny_doc
 from tests.plugins.common import free_port
 from tests.plugins.kube import Kube, OperatorProcess, wait_for
@@ -96,3 +98,41 @@ def test_wake_signal_for_a_model_without_scale_to_zero_is_refused(
         15,
         what="409",
     )
+
+
+def _entry(replicas: int, previous: dict[str, Any] | None = None) -> Entry:
+    doc = tiny_doc("cold", replicas=replicas, autoscaling=AUTOSCALING)
+    return Entry("default", "cold", doc, md=parse_spec(doc), status=previous)
+
+
+def _computed(phase: str) -> dict[str, Any]:
+    return {
+        "phase": phase,
+        "conditions": [
+            {"type": "Ready", "status": "False", "reason": "ModelLoading", "message": "deploying"},
+            {"type": "Progressing", "status": "True", "reason": "ModelLoading", "message": "deploying"},
+        ],
+    }
+
+
+def test_an_idle_model_at_zero_reads_ready_not_deploying_and_faults_still_show() -> None:
+    """At zero on purpose with the head up (Serve's one pending replica: Deploying) is Ready/Idle, so
+    RayleighModelDeploymentNotReady does not fire for every idle model; Pending (head down) stays."""
+    idle = IdleScaler(kube=None, tracked=Tracked())  # type: ignore[arg-type]
+    st = _computed("Deploying")
+    idle.decorate(_entry(0), st)
+    by_type = {c["type"]: c for c in st["conditions"]}
+    assert st["phase"] == "Ready"
+    assert (by_type["Ready"]["status"], by_type["Ready"]["reason"]) == ("True", "Idle")
+    assert (by_type["Progressing"]["status"], by_type["Progressing"]["reason"]) == ("False", "Idle")
+    assert (by_type["ScaledToZero"]["status"], by_type["ScaledToZero"]["reason"]) == ("True", "Idle")
+
+    pending = _computed("Pending")
+    idle.decorate(_entry(0), pending)
+    assert pending["phase"] == "Pending"
+
+    woken = _computed("Deploying")
+    idle.decorate(_entry(1, previous=st), woken)
+    by_type = {c["type"]: c for c in woken["conditions"]}
+    assert woken["phase"] == "Deploying" and by_type["ScaledToZero"]["status"] == "False"
+    assert by_type["ScaledToZero"]["reason"] == "Woken"
