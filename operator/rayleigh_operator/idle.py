@@ -84,7 +84,9 @@ class IdleScaler:
             window = idle_seconds(entry)
             if window is None or entry.md is None:
                 continue
-            if key in self.wake_requested and entry.workers_ready >= 1:
+            st = entry.serve_state  # with Serve's view: a running replica (model loaded), not just a pod
+            serving = entry.workers_ready >= 1 and (st is None or st.running_replicas >= 1)
+            if key in self.wake_requested and serving:
                 t0, requested_at = self.wake_requested.pop(key)
                 seconds = round(now - t0, 3)
                 metrics.COLD_START_SECONDS.observe(seconds)
