@@ -29,6 +29,10 @@ from rayleigh_operator.state import Entry, Tracked
 log = logging.getLogger("rayleigh.operator.idle")
 
 
+# A cold start that has not served after this long is given up (the idle window runs again).
+GIVE_UP_SECONDS = 3600
+
+
 def _now() -> str:
     return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -80,10 +84,19 @@ class IdleScaler:
     async def check(self) -> None:
         """Scale idle objects to zero; record finished cold starts. Called from the tracker loop."""
         now = self.clock()
-        for key, entry in list(self.tracked.entries.items()):
+        entries = self.tracked.entries
+        for state in (self.last_activity, self.wake_requested, self.scaled_to_zero, self.last_cold_start):
+            for gone in [k for k in state if k not in entries]:  # deleted objects
+                del state[gone]
+        for key, entry in list(entries.items()):
             window = idle_seconds(entry)
             if window is None or entry.md is None:
                 continue
+            woken = self.wake_requested.get(key)
+            if woken is not None and now - woken[0] > GIVE_UP_SECONDS:
+                # Never served after the wake (e.g. the model fails to load): the idle window runs again.
+                log.warning("%s/%s: no replica %ds after the wake", entry.namespace, entry.name, GIVE_UP_SECONDS)
+                del self.wake_requested[key]
             st = entry.serve_state  # with Serve's view: a running replica (model loaded), not just a pod
             serving = entry.workers_ready >= 1 and (st is None or st.running_replicas >= 1)
             if key in self.wake_requested and serving:
