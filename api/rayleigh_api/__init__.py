@@ -36,6 +36,7 @@ from rayleigh_api.model_spec import Adapter, EngineSpec, ModelSpec, RopeScaling,
 from rayleigh_api.resource import ModelDeployment, ModelDeploymentSpec
 from rayleigh_api.status import (
     FAILED_REASONS,
+    ColdStart,
     Condition,
     ConditionType,
     ModelDeploymentStatus,
@@ -66,6 +67,7 @@ __all__ = [
     "Adapter",
     "ApiModel",
     "Autoscaling",
+    "ColdStart",
     "Condition",
     "ConditionType",
     "EngineSpec",

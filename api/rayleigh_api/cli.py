@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "render": ("rayleigh_operator.render_cli:render", ()),
     "operator": ("rayleigh_operator.run:operator", OPERATOR_NEEDS),
     "gateway": ("rayleigh_gateway.cli:gateway", GATEWAY_NEEDS),
-    "keys": ("rayleigh_gateway.cli:keys", GATEWAY_NEEDS),
+    "keys": ("rayleigh_gateway.keys_cli:keys", GATEWAY_NEEDS),
     "up": ("rayleigh_serving.cli:up", SERVING_NEEDS + GATEWAY_NEEDS),
     "make-tiny-model": ("rayleigh_serving.cli:make_tiny_model", ("torch", "transformers")),
     "merge-lora": ("rayleigh_serving.cli:merge_lora", ("torch", "peft")),

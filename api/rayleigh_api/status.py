@@ -35,6 +35,8 @@ class ConditionType(StrEnum):
     AUTOSCALING_METRIC_MISSING = "AutoscalingMetricMissing"
     # A model name this object serves is served by an older ModelDeployment: no gateway route.
     CONFLICT = "Conflict"
+    # Scale to zero (autoscaling.minReplicas 0): True while the operator holds the workers at zero.
+    SCALED_TO_ZERO = "ScaledToZero"
 
 
 class Reason(StrEnum):
@@ -57,6 +59,9 @@ class Reason(StrEnum):
     # Conflict condition: True while an older ModelDeployment serves one of this one's names.
     MODEL_NAME_CONFLICT = "ModelNameConflict"
     NO_CONFLICT = "NoConflict"
+    # ScaledToZero condition: idle past autoscaling.idleSeconds (True), woken by a request (False).
+    IDLE = "Idle"
+    WOKEN = "Woken"
 
 
 # Reasons that mean the spec cannot work as written: the phase is Failed until the spec changes.
@@ -81,6 +86,14 @@ class TrafficStatus(ApiModel):
     route: str = Field(description="The split's gateway route, namespace/name of its oldest member.")
 
 
+class ColdStart(ApiModel):
+    """A start from zero replicas: from the wake signal to the first ready replica."""
+
+    requested_at: str = Field(description="When the wake signal arrived (RFC 3339).")
+    ready_at: str = Field(description="When a replica served again (RFC 3339).")
+    seconds: float = Field(description="readyAt - requestedAt, in seconds.")
+
+
 class ModelDeploymentStatus(ApiModel):
     """Observed state, written only by the operator."""
 
@@ -103,4 +116,7 @@ class ModelDeploymentStatus(ApiModel):
     )
     traffic: TrafficStatus | None = Field(
         default=None, description="The traffic split this object takes part in (spec.traffic), and its share."
+    )
+    last_cold_start: ColdStart | None = Field(
+        default=None, description="The last start from zero replicas (scale to zero), once it served."
     )

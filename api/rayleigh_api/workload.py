@@ -23,9 +23,34 @@ class Autoscaling(ApiModel):
             "for metric kvCacheUsage, target is a fraction of the KV cache between 0 and 1 (e.g. 0.8)",
             field_path=".target",
         ),
+        Rule(
+            "self.minReplicas >= 1 || has(self.idleSeconds)",
+            "minReplicas 0 (scale to zero) needs idleSeconds: how long the model may see no request before "
+            "the operator scales it to zero",
+            field_path=".minReplicas",
+        ),
+        Rule(
+            "!has(self.idleSeconds) || self.minReplicas == 0",
+            "idleSeconds applies to scale to zero only: set minReplicas to 0",
+            field_path=".idleSeconds",
+        ),
     ]
 
-    min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest replicas the autoscaler keeps.")
+    min_replicas: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description="Fewest replicas the autoscaler keeps. 0 enables scale to zero (with idleSeconds): the "
+        "operator, not the HPA, scales to 0 after idleSeconds without a request and back to 1 when the "
+        "gateway holds a request for the model; the HPA keeps at least 1 while replicas run.",
+    )
+    idle_seconds: int | None = Field(
+        default=None,
+        ge=5,
+        le=86400,
+        description="Scale to zero: with minReplicas 0, the operator scales the workers to 0 after this many "
+        "seconds without a request (the gateway's wake signals and Serve's request count).",
+    )
     max_replicas: int = Field(ge=1, le=1000, description="Most replicas the autoscaler may create.")
     metric: Literal["queueDepth", "inFlightRequests", "kvCacheUsage"] = Field(
         default="queueDepth",

@@ -55,6 +55,7 @@ class Settings:
     audit_path: str = "-"  # "-": stdout; lines are written in batches every flush_interval
     flush_interval: float = 0.1  # seconds between writes of usage corrections and audit lines
     drain_seconds: float = 30.0
+    wake_url: str | None = None  # the operator's wake endpoint (scale to zero; hold.py)
 
 
 def _stat_sig(path: str | None) -> tuple[int, ...] | None:
@@ -95,7 +96,7 @@ class Gateway:
         )
         m.REDIS_UP.set(1 if settings.redis_url else 0)
         self.recorder = Recorder(self.limiter, settings.audit, settings.audit_path)
-        self.upstream = Upstream(self.recorder)
+        self.upstream = Upstream(self.recorder, settings.wake_url)
         self.poller: asyncio.Task[None] | None = None
         self.flusher: asyncio.Task[None] | None = None
         self._rid = 0
@@ -176,6 +177,8 @@ class Gateway:
         self.recorder.close()
         self.jwks.cancel()
         await self.jwks_fetcher.close()
+        if self.upstream.hold is not None:
+            await self.upstream.hold.close()
         await self.upstream.close()
         await self.limiter.aclose()  # gives the leased shares back to Redis
 
@@ -438,5 +441,6 @@ def create_app_from_env() -> Gateway:
             audit=env.get("RAYLEIGH_GATEWAY_AUDIT", "1") not in ("0", "false", "no"),
             audit_path=env.get("RAYLEIGH_GATEWAY_AUDIT_PATH", "-"),
             drain_seconds=float(env.get("RAYLEIGH_GATEWAY_DRAIN_SECONDS", "30")),
+            wake_url=env.get("RAYLEIGH_GATEWAY_WAKE_URL") or None,
         )
     )

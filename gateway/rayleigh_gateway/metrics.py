@@ -124,6 +124,21 @@ ROUTE_CONFLICTS = Gauge(
     "Routes of the loaded config that are not served because an older route already serves one of their model names.",
     multiprocess_mode="livemax",
 )
+COLD_HELD = Gauge(
+    "rayleigh_gateway_cold_start_held_requests",
+    "Requests held now while their model starts from zero replicas.",
+    multiprocess_mode="livesum",
+)
+COLD_HOLD_SECONDS = Histogram(
+    "rayleigh_gateway_cold_start_hold_seconds",
+    "How long a request was held for its model's cold start (answered or given up).",
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+)
+COLD_WAKES = Counter(
+    "rayleigh_gateway_cold_start_wakes_total",
+    "Wake signals sent to the operator, by the wake endpoint's HTTP status.",
+    ["status"],
+)
 
 
 class LabelCache:
@@ -156,6 +171,7 @@ backend_requests_c = LabelCache(BACKEND_REQUESTS)
 fair_queue_c = LabelCache(FAIR_QUEUE)
 fair_wait_c = LabelCache(FAIR_WAIT_SECONDS)
 fair_rejections_c = LabelCache(FAIR_REJECTIONS)
+cold_wakes_c = LabelCache(COLD_WAKES)
 
 
 def render() -> tuple[bytes, str]:

@@ -22,6 +22,7 @@ from .asgi import Message, Send, send_error
 from .audit import Recorder
 from .context import RequestContext
 from .errors import GatewayError, error_body
+from .hold import Hold
 from .policy import ratelimit_headers, usage_from_json
 from .routes import Limits
 from .server import ABORT
@@ -53,14 +54,40 @@ class ClientTooSlow(Exception):
 class Upstream:
     """The backends' connection pools (one per backend) and the requests in flight to them."""
 
-    def __init__(self, recorder: Recorder) -> None:
+    def __init__(self, recorder: Recorder, wake_url: str | None = None) -> None:
         self.recorder = recorder
         self.sessions: dict[str, aiohttp.ClientSession] = {}  # backend base URL -> its pool
         self.limits = Limits()
         self.in_flight = 0
+        self.wake_url = wake_url
+        self.hold: Hold | None = None
 
     def open(self, limits: Limits) -> None:
         self.limits = limits
+        if self.hold is not None:
+            self.hold.max_queue, self.hold.max_wait = limits.cold_start_queue, limits.cold_start_wait_seconds
+        elif limits.cold_start_queue > 0:
+            self.hold = Hold(self.probe, self.wake, limits.cold_start_queue, limits.cold_start_wait_seconds)
+
+    async def probe(self, base: str) -> bool:
+        """Is the backend `base` serving? (GET /v1/models answered 200)"""
+        try:
+            async with self.session(base).get(base + "/v1/models", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def wake(self, key: str) -> None:
+        """Ask the operator to scale `key` (namespace/name) up from zero (POST --wake-url)."""
+        if not self.wake_url:
+            return
+        namespace, _, name = key.partition("/")
+        async with self.session(self.wake_url).post(
+            self.wake_url, json={"namespace": namespace, "name": name}, timeout=aiohttp.ClientTimeout(total=5)
+        ) as resp:
+            m.cold_wakes_c(str(resp.status)).inc()
+            if resp.status >= 300:
+                raise RuntimeError(f"wake endpoint answered {resp.status}")
 
     def session(self, backend: str) -> aiohttp.ClientSession:
         """The pool of `backend`, made on first use with the limits current then."""
@@ -97,6 +124,15 @@ class Upstream:
         if recorder.enabled:
             recorder.audit(ctx, err.status, None, time.perf_counter() - ctx.t0, 0.0, err.code)
 
+    async def _held(self, hold: Hold, key: str, base: str) -> None:
+        m.COLD_HELD.inc()
+        t = time.perf_counter()
+        try:
+            await hold.wait(key, base)
+        finally:
+            m.COLD_HELD.dec()
+            m.COLD_HOLD_SECONDS.observe(time.perf_counter() - t)
+
     async def forward(self, ctx: RequestContext) -> int:
         """Send an admitted request upstream and its answer to the client; returns the status."""
         cr, decision, model, rid = ctx.route, ctx.decision, ctx.model, ctx.rid
@@ -130,10 +166,25 @@ class Upstream:
             if cr.route.backends:
                 ctx.backend = target.name
             session = self.session(target.base)
+            hold = self.hold
+            if hold is not None and cr.route.scale_to_zero:
+                hold.touch(target.name)  # activity: the operator's idle window restarts
+                if cr.route.cold_start:
+                    await self._held(hold, target.name, target.base)
             t_up = time.perf_counter()
             try:
-                resp_cm = session.post(target.urls[ctx.path], data=ctx.body, headers=headers)
-                resp = await resp_cm.__aenter__()
+                try:
+                    resp_cm = session.post(target.urls[ctx.path], data=ctx.body, headers=headers)
+                    resp = await resp_cm.__aenter__()
+                except aiohttp.ClientConnectorError:
+                    if hold is None or not (cr.route.scale_to_zero or cr.route.cold_start):
+                        raise
+                    # Refused: nothing was sent, so the request can wait for the backend and go again.
+                    hold.forget_ready(target.name)
+                    await self._held(hold, target.name, target.base)
+                    t_up = time.perf_counter()
+                    resp_cm = session.post(target.urls[ctx.path], data=ctx.body, headers=headers)
+                    resp = await resp_cm.__aenter__()
             except TimeoutError:
                 m.upstream_errors_c(cr.key, "timeout").inc()
                 raise GatewayError(

@@ -97,6 +97,20 @@ class Route(_Model):
         "weighted consistent hash (a weight change moves few callers).",
     )
     models: list[ModelName] = Field(min_length=1, description="Served names, LoRA adapter names included.")
+    cold_start: bool = Field(
+        default=False,
+        alias="coldStart",
+        exclude_if=_falsy,
+        description="The operator scaled this model to zero: requests are held (limits.coldStartQueue, "
+        "coldStartWaitSeconds) while the gateway wakes it (hold.py).",
+    )
+    scale_to_zero: bool = Field(
+        default=False,
+        alias="scaleToZero",
+        exclude_if=_falsy,
+        description="The model may be scaled to zero (autoscaling.minReplicas 0): a backend refusing "
+        "connections is held for as a cold start, not answered 502.",
+    )
     public: bool = False
     auth: AuthConfig = Field(default_factory=AuthConfig)
     allowed_cidrs: list[str] = Field(default_factory=list, alias="allowedCIDRs")
@@ -194,6 +208,19 @@ class Limits(_Model):
         ge=0,
         description="Streams one caller may have open per gateway process (0: unbounded); a key's own "
         "limits.maxConcurrentStreams wins.",
+    )
+    cold_start_queue: int = Field(
+        default=64,
+        alias="coldStartQueue",
+        ge=0,
+        description="Requests held per model (and process) while it starts from zero; more get 503 "
+        "model_cold_starting with Retry-After (0: nothing is held).",
+    )
+    cold_start_wait_seconds: float = Field(
+        default=300.0,
+        alias="coldStartWaitSeconds",
+        gt=0,
+        description="Longest a request is held for a cold start before its 503 model_cold_starting.",
     )
 
 
@@ -376,6 +403,10 @@ def route_for(md: ModelDeployment, backend: str) -> Route:
         "public": gw.public,
         "allowedCIDRs": list(gw.allowed_cidrs),
     }
+    auto = md.spec.autoscaling
+    if auto is not None and auto.min_replicas == 0:
+        route["scaleToZero"] = True
+        route["coldStart"] = md.spec.replicas == 0  # the operator scaled it to zero: hold, wake
     created = md.metadata.get("creationTimestamp")
     if isinstance(created, datetime) and created.tzinfo is None:
         created = created.replace(tzinfo=UTC)  # a YAML timestamp read without its zone: Kubernetes writes UTC

@@ -35,3 +35,13 @@ MODEL_DEPLOYMENT_PHASE = Gauge(
     "object: the previous phase's series is removed on a transition, all on delete).",
     ["model_namespace", "model_deployment", "phase"],
 )
+COLD_START_SECONDS = Histogram(
+    "rayleigh_operator_cold_start_seconds",
+    "Scale to zero: seconds from a wake signal (a held request) to the first ready replica.",
+    buckets=(1, 5, 10, 20, 30, 60, 120, 180, 300, 600, 1200),
+)
+SCALE_TO_ZERO = Counter(
+    "rayleigh_operator_scale_to_zero_total",
+    "Scale-to-zero moves of a ModelDeployment's replicas, by direction: down (idle), up (woken).",
+    ["direction"],
+)

@@ -25,11 +25,14 @@ import logging
 import time
 from typing import Any
 
+from aiohttp import web
+
 import rayleigh_api as api
 from rayleigh_operator import serve_client
 from rayleigh_operator.apply import Applier
 from rayleigh_operator.deployment_watch import DeploymentWatch
 from rayleigh_operator.drift import Drift
+from rayleigh_operator.idle import IdleScaler
 from rayleigh_operator.kube import KubeClient
 from rayleigh_operator.preflight import Preflight
 from rayleigh_operator.routes_writer import RoutesWriter
@@ -55,6 +58,8 @@ class Reconciler:
         self.serve_sync = ServeSync(kube, config, self.serve, self.tracked, self.status)
         self.drift = Drift(kube, config, self.tracked, self.applier, self.preflight)
         self.deployment_watch = DeploymentWatch(kube, self.tracked, self.drift)
+        self.idle = IdleScaler(kube, self.tracked)
+        self.status.decorate = self.idle.decorate
 
     @property
     def entries(self) -> dict[tuple[str, str], Entry]:
@@ -108,12 +113,19 @@ class Reconciler:
             for ns in (self.config.namespaces or (None,))
         ]
         tasks.append(asyncio.create_task(self.routes.run(), name="gateway-routes"))
+        runner = None
+        if self.config.wake_port:
+            runner = web.AppRunner(self.idle.app(), access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "0.0.0.0", self.config.wake_port).start()
         try:
             await self._track()
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if runner is not None:
+                await runner.cleanup()
 
     async def _track(self) -> None:
         sem = asyncio.Semaphore(self.config.concurrency)
@@ -126,6 +138,10 @@ class Reconciler:
                 e.next_due = float("inf")
             if due:
                 await asyncio.gather(*(self._sync_one(e, sem) for e in due))
+            try:
+                await self.idle.check()
+            except Exception:
+                log.exception("scale to zero check failed")
             if now >= next_resync:
                 try:
                     await self.drift.resync_children()

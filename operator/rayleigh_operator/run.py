@@ -81,6 +81,7 @@ if TYPE_CHECKING:
     help="ConfigMap in the gateway namespace gathering every model's route (the gateway mounts it, e.g. "
     "<release>-gateway-routes); default: none (no gateway: no routes are written).",
 )
+@click.option("--wake-port", type=int, default=0, show_default=True, help="Scale to zero: POST /wake port; 0: off.")
 @click.option("--metrics-port", type=int, default=8080, show_default=True, help="Prometheus port; 0: off.")
 @click.option("--liveness", default=None, help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING"]), default="INFO", show_default=True)
@@ -119,6 +120,7 @@ def config_from_params(params: dict[str, Any]) -> OperatorConfig:
         local_base=local_base.resolve() if local_base else None,
         poll_seconds=params["poll_seconds"],
         resync_seconds=params["resync_seconds"],
+        wake_port=params["wake_port"],
         gpu_check=params["gpu_check"],
         metric_check=params["metric_check"],
         monitoring=params["monitoring"],

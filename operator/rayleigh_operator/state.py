@@ -77,6 +77,8 @@ class OperatorConfig:
     # gateway, nothing written (the chart names one per release).
     routes_configmap: str | None = None
     routes_debounce_seconds: float = 0.2
+    # Scale to zero: the port of the wake endpoint the gateway POSTs to (idle.py); 0: none.
+    wake_port: int = 0
 
     # --- per-object settings -----------------------------------------------------------------
 

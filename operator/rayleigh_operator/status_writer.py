@@ -38,6 +38,8 @@ class StatusWriter:
         self._instance = os.environ.get("POD_NAME") or socket.gethostname()
         self._phases: dict[str, int] = {phase.value: 0 for phase in api.Phase}
         self._counted: dict[tuple[str, str], str] = {}  # the phase each object is counted under
+        # Adds what other parts own to a status before it is compared and written (idle.py).
+        self.decorate: Callable[[Entry, dict[str, Any]], None] | None = None
 
     def observed(self, entry: Entry) -> status.Observed:
         md = entry.md
@@ -69,6 +71,8 @@ class StatusWriter:
     async def write(self, entry: Entry) -> None:
         """Write the status when it differs from the last one written, then post its Events."""
         new = status.compute_status(self.observed(entry), entry.status, _timestamp())
+        if self.decorate is not None:
+            self.decorate(entry, new)
         if not status.status_differs(entry.status, new):
             # Unchanged (e.g. after an operator restart, the stored status is already right):
             # counted all the same.

@@ -248,7 +248,9 @@ def build_llm_config(md: ModelDeployment, *, local_base: Path | None = None, max
         "log_engine_metrics": True,
         "deployment_config": {
             "name": DEPLOYMENT_NAME,
-            "num_replicas": spec.replicas,
+            # Serve's REST schema wants num_replicas >= 1. At spec.replicas 0 (scale to zero) the one
+            # replica stays pending (the head offers no CPU, no worker pod runs), holding nothing.
+            "num_replicas": max(1, spec.replicas),
             "health_check_period_s": HEALTH_CHECK_PERIOD_S,
             "health_check_timeout_s": HEALTH_CHECK_TIMEOUT_S,
             "graceful_shutdown_timeout_s": GRACEFUL_SHUTDOWN_TIMEOUT_S,

@@ -139,6 +139,22 @@ CASES = [
         "cel",
     ),
     Case(
+        "scale-to-zero-without-idle-seconds",
+        gpu_model,
+        _set("spec.autoscaling", {"minReplicas": 0, "maxReplicas": 2}),
+        "spec.autoscaling.minReplicas",
+        "minReplicas 0 (scale to zero) needs idleSeconds",
+        "cel",
+    ),
+    Case(
+        "idle-seconds-without-scale-to-zero",
+        gpu_model,
+        _set("spec.autoscaling", {"minReplicas": 1, "maxReplicas": 2, "idleSeconds": 600}),
+        "spec.autoscaling.idleSeconds",
+        "idleSeconds applies to scale to zero only",
+        "cel",
+    ),
+    Case(
         "gpus-not-tp-times-pp",
         gpu_model,
         _set("spec.engine.tensorParallelSize", 2),

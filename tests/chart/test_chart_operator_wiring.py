@@ -102,3 +102,23 @@ def test_another_releases_gateway_is_admitted_by_name_and_component_only() -> No
     assert config.render.operator_pod_labels["app.kubernetes.io/instance"] == "rayleigh"
     (gateway_peer,) = peers(model_objects(config)["NetworkPolicy"], r.SERVE_PORT)
     assert gateway_peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "edge"}
+
+
+def test_the_gateway_wakes_models_through_the_operators_wake_port_and_only_it_may() -> None:
+    """Scale to zero: the gateway's --wake-url is the operator Service's wake port, the operator
+    listens there, and its NetworkPolicy admits only this release's gateway pods to it."""
+    docs = render()
+    assert operator_config(docs).wake_port == 8082
+    gateway = find(docs, "Deployment", "-gateway")["spec"]["template"]["spec"]["containers"][0]
+    assert "--wake-url=http://rayleigh-operator.rayleigh-system.svc:8082/wake" in gateway["args"]
+    service = find(docs, "Service", "-operator")
+    assert {"name": "wake", "port": 8082, "targetPort": "wake", "protocol": "TCP"} in service["spec"]["ports"]
+    policy = find(docs, "NetworkPolicy", "-operator")
+    (peer,) = peers(policy, 8082)
+    selector = peer["podSelector"]["matchLabels"]
+    assert selector["app.kubernetes.io/component"] == "gateway"
+    assert selector.items() <= pod_labels(docs, "-gateway").items()
+    off = render({"operator": {"wakePort": 0}})
+    gateway = find(off, "Deployment", "-gateway")["spec"]["template"]["spec"]["containers"][0]
+    assert not [a for a in gateway["args"] if a.startswith("--wake-url")]
+    assert operator_config(off).wake_port == 0

@@ -19,7 +19,8 @@ from urllib.parse import urlparse
 import kubernetes_validate
 import pytest
 
-from rayleigh_gateway.cli import _redis_options, gateway
+from rayleigh_gateway.cli import gateway
+from rayleigh_gateway.redis_flags import redis_options
 from rayleigh_gateway.redis_conn import ENV, ENV_URL, RedisOptions
 from tests.chart.helpers import CHART, K8S_VERSION, NAMESPACE, find, helm, render, template_args
 
@@ -195,7 +196,7 @@ def parse_gateway(
         for name in FLAG_PARAMS
     }
     mount_secrets(gateway_pod(docs), root)
-    options = _redis_options(params["redis_url"], flags)
+    options = redis_options(params["redis_url"], flags)
     assert options is not None
     return params, options
 

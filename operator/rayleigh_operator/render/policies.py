@@ -54,7 +54,10 @@ def render_hpa(md: api.ModelDeployment) -> dict[str, Any] | None:
         "metadata": metadata(md, child_name(md, "autoscaler"), "autoscaler"),
         "spec": {
             "scaleTargetRef": {"apiVersion": api.API_VERSION, "kind": api.KIND, "name": md.name},
-            "minReplicas": auto.min_replicas,
+            # Scale to zero (minReplicas 0) is the operator's, not the HPA's: an HPA's minReplicas 0 needs
+            # the alpha feature gate HPAScaleToZero. At least 1 here; while the operator holds the
+            # scale at 0 the HPA stands still ("implicit maintenance-mode deactivation").
+            "minReplicas": max(1, auto.min_replicas),
             "maxReplicas": auto.max_replicas,
             "metrics": metrics,
             "behavior": {
