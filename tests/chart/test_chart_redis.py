@@ -20,8 +20,8 @@ import kubernetes_validate
 import pytest
 
 from rayleigh_gateway.cli import gateway
-from rayleigh_gateway.redis_flags import redis_options
 from rayleigh_gateway.redis_conn import ENV, ENV_URL, RedisOptions
+from rayleigh_gateway.redis_flags import redis_options
 from tests.chart.helpers import CHART, K8S_VERSION, NAMESPACE, find, helm, render, template_args
 
 pytestmark = pytest.mark.timeout(120)
