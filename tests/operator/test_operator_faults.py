@@ -225,7 +225,10 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(
     wait_for(lambda: some_children() > 0, 30, interval=0.01, what="the first children")
     op.kill()
     at_kill = some_children()
-    assert at_kill < 2 * len(names), "the operator finished before it could be killed: not a mid-reconcile kill"
+    unreported = sum(1 for n in names if not (kube.get("modeldeployment", n) or {}).get("status"))
+    # Mid-reconcile: children still missing, or statuses not yet written (on a quiet machine the
+    # children of all 40 can be applied before the first list returns).
+    assert at_kill < 2 * len(names) or unreported > 0, "the operator finished before it could be killed"
     operator_factory(*FAST, "--log-level", "WARNING")
 
     def converged() -> bool:

@@ -200,15 +200,22 @@ def test_client_disconnect_aborts_generation_within_one_second(serving_stack: Se
         "stream": True,
         "ignore_eos": True,
     }
-    with httpx.stream("POST", f"{serving_stack.base_url}/v1/chat/completions", json=body, timeout=60) as r:
-        lines = r.iter_lines()
-        for _ in range(3):
-            next(lines)
-        assert stats(serving_stack)["engine_requests"] == 1
-    closed = time.monotonic()
-    while stats(serving_stack)["engine_requests"] != 0:
-        assert time.monotonic() - closed < 1.0, "the engine still runs the request 1 s after the client left"
-        time.sleep(0.02)
+    # The tiny model makes a token in a few ms, so on a stalled machine the whole answer (512-token
+    # context) can be done before this thread looks: then the disconnect cannot be tested, and the
+    # test tries again (a few times at most) rather than pass or fail on a race.
+    for _attempt in range(3):
+        with httpx.stream("POST", f"{serving_stack.base_url}/v1/chat/completions", json=body, timeout=60) as r:
+            lines = r.iter_lines()
+            for _ in range(3):
+                next(lines)
+            if stats(serving_stack)["engine_requests"] != 1:
+                continue  # already generated to the end: not a mid-generation disconnect
+        closed = time.monotonic()
+        while stats(serving_stack)["engine_requests"] != 0:
+            assert time.monotonic() - closed < 1.0, "the engine still runs the request 1 s after the client left"
+            time.sleep(0.02)
+        return
+    raise AssertionError("in 3 tries the engine never had the request in flight after its first chunks")
 
 
 METRICS = [
