@@ -83,8 +83,8 @@ class Gateway:
         self.jwks_fetcher = JWKSFetcher()
         self.jwks = JWKSCaches(self.jwks_fetcher)  # one cache per JWKS URL, kept across reloads
         self.streams: dict[str, int] = {}  # caller ident -> streams open now (this process)
-        self.reading: set[BodyDeadline] = set()
-        self.gates = FairGates()  # fair sharing: per route with `fairness`, kept across reloads  # requests reading their body (deadline swept)
+        self.reading: set[BodyDeadline] = set()  # requests reading their body (deadline swept)
+        self.gates = FairGates()  # fair sharing: per route with `fairness`, kept across reloads
         self.compiled = self._compile(load_config(settings.config_path))
         self.keys = load_keys(settings.keys_path) if settings.keys_path else KeyStore.new()
         self._sigs = (_stat_sig(settings.config_path), _stat_sig(settings.keys_path))

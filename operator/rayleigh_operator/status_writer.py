@@ -25,6 +25,9 @@ from rayleigh_operator.state import Entry, OperatorConfig, as_int
 log = logging.getLogger("rayleigh.operator")
 
 
+_PHASES = frozenset(phase.value for phase in api.Phase)
+
+
 def _timestamp() -> str:
     return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -36,7 +39,6 @@ class StatusWriter:
         self.config = config
         self.on_gone = on_gone
         self._instance = os.environ.get("POD_NAME") or socket.gethostname()
-        self._phases: dict[str, int] = {phase.value: 0 for phase in api.Phase}
         self._counted: dict[tuple[str, str], str] = {}  # the phase each object is counted under
         # Adds what other parts own to a status before it is compared and written (idle.py).
         self.decorate: Callable[[Entry, dict[str, Any]], None] | None = None
@@ -95,17 +97,15 @@ class StatusWriter:
         """Count object `key` (namespace, name) under `phase` in the phase gauges (None: no longer
         counted, e.g. deleted)."""
         old = self._counted.get(key)
-        if old == phase or (phase is not None and phase not in self._phases):
+        if old == phase or (phase is not None and phase not in _PHASES):
             return
         if old is not None:
             del self._counted[key]
-            self._phases[old] -= 1
-            metrics.MODEL_DEPLOYMENTS.labels(old).set(self._phases[old])
+            metrics.MODEL_DEPLOYMENTS.labels(old).dec()
             metrics.MODEL_DEPLOYMENT_PHASE.remove(*key, old)
         if phase is not None:
             self._counted[key] = phase
-            self._phases[phase] += 1
-            metrics.MODEL_DEPLOYMENTS.labels(phase).set(self._phases[phase])
+            metrics.MODEL_DEPLOYMENTS.labels(phase).inc()
             metrics.MODEL_DEPLOYMENT_PHASE.labels(*key, phase).set(1)
 
     async def post_event(self, entry: Entry, t: status.Transition) -> None:
