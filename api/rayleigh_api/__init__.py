@@ -34,6 +34,7 @@ from rayleigh_api.base import (
 from rayleigh_api.gateway_spec import Fairness, GatewayAuth, GatewaySpec, JwtAlgorithm, JwtAuth, RateLimits, TrafficSpec
 from rayleigh_api.model_spec import Adapter, EngineSpec, ModelSpec, RopeScaling, SecretKeyRef
 from rayleigh_api.resource import ModelDeployment, ModelDeploymentSpec
+from rayleigh_api.routing import Routing
 from rayleigh_api.status import (
     FAILED_REASONS,
     ColdStart,
@@ -88,6 +89,7 @@ __all__ = [
     "Reason",
     "Resources",
     "Rollout",
+    "Routing",
     "RopeScaling",
     "Rule",
     "SecretKeyRef",

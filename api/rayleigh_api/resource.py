@@ -11,6 +11,7 @@ from rayleigh_api.base import ApiModel, Rule
 from rayleigh_api.gateway_spec import GatewaySpec, TrafficSpec
 from rayleigh_api.model_spec import Adapter, EngineSpec, ModelSpec
 from rayleigh_api.status import ModelDeploymentStatus
+from rayleigh_api.routing import Routing
 from rayleigh_api.workload import Autoscaling, ImageSpec, Resources, Rollout, ServingSpec
 
 
@@ -84,6 +85,11 @@ class ModelDeploymentSpec(ApiModel):
     )
     serving: ServingSpec = Field(
         default_factory=ServingSpec, description="Ray Serve settings.", json_schema_extra={"default": {}}
+    )
+    routing: Routing = Field(
+        default_factory=Routing,
+        description="How requests are spread over the replicas (prefix-cache aware by default).",
+        json_schema_extra={"default": {}},
     )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from rayleigh_api import MODEL_NAME_PATTERN
+from rayleigh_api.routing import payload_key
 
 from . import metrics as m
 from .asgi import Receive, Scope
@@ -247,5 +248,6 @@ async def admit(
             writes["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
             ctx.injected = True
     ctx.body = forwarded_body(body, payload, writes)
+    ctx.affinity = payload_key(payload)
     if compiled.config.log_prompts:
         ctx.prompt = payload

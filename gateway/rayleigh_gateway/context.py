@@ -36,6 +36,7 @@ class RequestContext:
     stream: bool = False
     injected: bool = False  # stream_options.include_usage added by the gateway (strip that event)
     prompt: dict[str, Any] | None = None  # the payload, for the audit line when logPrompts is on
+    affinity: str | None = None  # the prefix-affinity key sent to the Serve router (rayleigh_api.routing)
     backend: str = ""  # set by the upstream call on a traffic split: the backend picked (namespace/name)
 
     @property

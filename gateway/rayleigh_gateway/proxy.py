@@ -16,6 +16,7 @@ import time
 
 import aiohttp
 import orjson
+from rayleigh_api.routing import AFFINITY_HEADER
 
 from . import metrics as m
 from .asgi import Message, Send, send_error
@@ -145,6 +146,8 @@ class Upstream:
         }
         if ctx.stream:
             headers["Accept"] = "text/event-stream"
+        if ctx.affinity is not None:
+            headers[AFFINITY_HEADER] = ctx.affinity  # the Serve router's prefix-affinity key
         rl_headers = ratelimit_headers(decision) if decision.buckets else []
         send = ctx.send
         self.in_flight += 1

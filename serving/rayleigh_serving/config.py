@@ -27,6 +27,8 @@ Mapping (spec field -> vLLM engine argument, all under the LLMConfig's `engine_k
   replicas                  -> deployment_config.num_replicas
   serving.maxOngoingRequests -> deployment_config.max_ongoing_requests
   serving.streamBatchingIntervalMs -> experimental_configs.stream_batching_interval_ms
+  routing.strategy, routing.balanceFactor -> deployment_config.request_router_config
+                               {request_router_class: Rayleigh's router, request_router_kwargs}
   resources.gpus == 0       -> accelerator_config {kind: cpu}, enforce_eager, VLLM_TARGET_DEVICE=cpu
 """
 
@@ -61,6 +63,9 @@ LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 # only routed to once the engine started).
 HEALTH_CHECK_PERIOD_S = 10
 HEALTH_CHECK_TIMEOUT_S = 30
+# Serve's request router for spec.routing (rayleigh_serving.router; the class path is kept here so
+# that this module imports no Ray).
+ROUTER_CLASS = "rayleigh_serving.router.RayleighRouter"
 # Requests in flight on one replica keep streaming this long when it is stopped (scale-down, update).
 GRACEFUL_SHUTDOWN_TIMEOUT_S = 60
 
@@ -254,6 +259,13 @@ def build_llm_config(md: ModelDeployment, *, local_base: Path | None = None, max
             "health_check_period_s": HEALTH_CHECK_PERIOD_S,
             "health_check_timeout_s": HEALTH_CHECK_TIMEOUT_S,
             "graceful_shutdown_timeout_s": GRACEFUL_SHUTDOWN_TIMEOUT_S,
+            "request_router_config": {
+                "request_router_class": ROUTER_CLASS,
+                "request_router_kwargs": {
+                    "strategy": spec.routing.strategy,
+                    "balance_factor": spec.routing.balance_factor,
+                },
+            },
         },
     }
     if spec.serving.max_ongoing_requests is not None:
