@@ -42,6 +42,9 @@ KEYS = {
                          "stock_ray_throughput_ratio_c1", "ttft_added_p50_ms", "ttft_added_p99_ms",
                          "stock_ray_ttft_added_p50_ms"],
     "fairness": ["light_p50_ratio_fair", "light_p50_ratio_fifo"],
+    "prefix_routing": ["ttft_p50_ratio_rayleigh_vs_default_a", "ttft_p50_ratio_rayleigh_vs_ray_prefix_a",
+                       "hit_rate_default_a", "hit_rate_ray_prefix_a", "hit_rate_rayleigh_a",
+                       "tokens_per_s_ratio_rayleigh_vs_default_b"],
     "operator_scale": ["time_ratio_vs_floor_100", "time_ratio_vs_floor_1000", "cpu_ratio_vs_floor_1000",
                        "apply_to_children_p50_s_100", "rss_idle_mb", "rss_1000_mb"],
 }  # fmt: skip

@@ -10,8 +10,8 @@ from pydantic.alias_generators import to_camel
 from rayleigh_api.base import ApiModel, Rule
 from rayleigh_api.gateway_spec import GatewaySpec, TrafficSpec
 from rayleigh_api.model_spec import Adapter, EngineSpec, ModelSpec
-from rayleigh_api.status import ModelDeploymentStatus
 from rayleigh_api.routing import Routing
+from rayleigh_api.status import ModelDeploymentStatus
 from rayleigh_api.workload import Autoscaling, ImageSpec, Resources, Rollout, ServingSpec
 
 

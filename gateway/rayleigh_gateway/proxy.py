@@ -16,6 +16,7 @@ import time
 
 import aiohttp
 import orjson
+
 from rayleigh_api.routing import AFFINITY_HEADER
 
 from . import metrics as m

@@ -144,5 +144,5 @@ def test_spec_routing_defaults_to_prefix_aware() -> None:
 
 def test_spec_routing_rejects_an_unknown_strategy() -> None:
     doc = {"metadata": {"name": "x"}, "spec": {"model": {"source": "hf://a/b"}, "routing": {"strategy": "random"}}}
-    with pytest.raises(ValueError, match="routing.strategy"):
+    with pytest.raises(ValueError, match=r"routing\.strategy"):
         ModelDeployment.model_validate(doc)
