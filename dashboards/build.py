@@ -275,18 +275,37 @@ def models() -> dashboard.Dashboard:
     )
     d = d.with_panel(
         ts(
-            "Prefix-cache hit ratio",
-            "Share of prompt tokens whose KV came from the prefix cache (not computed again).",
+            "Prefix-cache hit rate per replica",
+            "Share of prompt tokens found in each replica's prefix cache (vLLM's prefix_cache_hits / "
+            "prefix_cache_queries). Prefix-aware routing (spec.routing) keeps conversations where their "
+            "prefix is cached.",
             [
                 (
-                    f"1 - sum by (model_name) (rate(ray_vllm_request_prefill_kv_computed_tokens_sum{{{MODEL}}}[{RATE}])) "
-                    f"/ clamp_min(sum by (model_name) (rate(ray_vllm_prompt_tokens_total{{{MODEL}}}[{RATE}])), 1e-9)",
-                    "{{model_name}}",
+                    f"sum by (model_name, ReplicaId) (rate(ray_vllm_prefix_cache_hits_total{{{MODEL}}}[{RATE}])) "
+                    f"/ clamp_min(sum by (model_name, ReplicaId) (rate(ray_vllm_prefix_cache_queries_total"
+                    f"{{{MODEL}}}[{RATE}])), 1e-9)",
+                    "{{model_name}} {{ReplicaId}}",
                 )
             ],
             unit="percentunit",
             width=8,
         ).max(1)
+    )
+    d = d.with_panel(
+        ts(
+            "Routing decisions/s",
+            "Replica picks of Rayleigh's Serve router by application and reason: affinity (the replica "
+            "holding the conversation's prefix), spill (it was above the load bound), no_key, least_loaded, "
+            "round_robin, replica_full.",
+            [
+                (
+                    f"sum by (app, reason) (rate(ray_rayleigh_routing_decisions_total{{{NS}}}[{RATE}]))",
+                    "{{app}} {{reason}}",
+                )
+            ],
+            unit="ops",
+            width=8,
+        )
     )
     d = d.with_panel(
         ts(
