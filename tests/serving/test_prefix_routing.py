@@ -22,7 +22,7 @@ from tests.gateway.harness import GatewayThread, KeyFile, write_yaml
 from tests.plugins.common import EXAMPLES_DIR, REPO_ROOT
 from tests.plugins.serving_stack import ServingStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 APP = "prefix-routing"
 PREFIX = "/prefix-routing"
@@ -133,11 +133,13 @@ def two_replicas(
     gateway = GatewayThread(Settings(config_path=str(routes), keys_path=str(keys.path), redis_url=redis_server.url))
     _put(serving_stack, [*base_apps, *app["applications"]])
     try:
-        wait_for(f"{APP} RUNNING", lambda: _app_status(serving_stack) == "RUNNING", 480)
+        wait_for(f"{APP} RUNNING", lambda: _app_status(serving_stack) == "RUNNING", 900)
         gateway.start()
-        yield f"{gateway.url}|{key}"
+        try:
+            yield f"{gateway.url}|{key}"
+        finally:
+            gateway.stop()
     finally:
-        gateway.stop()
         _put(serving_stack, base_apps)
         wait_for(f"{APP} removed", lambda: _app_status(serving_stack) == "ABSENT", 120)
 
