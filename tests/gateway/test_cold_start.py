@@ -103,7 +103,7 @@ async def test_a_wait_past_the_bound_answers_503_and_leaves_the_queue() -> None:
     t = time.monotonic()
     with pytest.raises(GatewayError) as err:
         await hold.wait("ns/m", "http://m")
-    assert 0.2 <= time.monotonic() - t < 1.0
+    assert time.monotonic() - t >= 0.2  # not before the bound (the upper side is the test's timeout)
     assert err.value.code == "model_cold_starting" and b"retry-after" in dict(err.value.headers)
     assert hold.held("ns/m") == 0
     await asyncio.sleep(0.1)
@@ -255,6 +255,6 @@ def test_a_request_held_past_the_wait_gets_503_with_retry_after(cold: tuple[Upst
         assert r.status_code == 503, r.text
         assert r.json()["error"]["code"] == "model_cold_starting"
         assert "retry-after" in r.headers
-        assert 0.5 <= time.monotonic() - t < 5
+        assert time.monotonic() - t >= 0.5  # not before the bound
     finally:
         gw.stop()
