@@ -170,6 +170,8 @@ def test_after_the_idle_window_the_serve_replica_really_stops(stack: Stack) -> N
 
 def test_held_requests_wake_the_model_and_get_real_completions(stack: Stack) -> None:
     kube, gw = stack.kube, stack.gateway
+    # At zero now; a longer idle window keeps the woken model up for the checks that follow.
+    kube.kubectl("patch", "md", NAME, "--type=merge", "-p", json.dumps({"spec": {"autoscaling": {"idleSeconds": 600}}}))
     t = time.monotonic()
     with ThreadPoolExecutor(HELD) as pool:
         futures = [pool.submit(chat, gw.url) for _ in range(HELD)]
