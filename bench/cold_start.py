@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -159,10 +160,9 @@ def rayleigh_round(ray: LocalRay, kube: Kube, gw: GatewayProcess, kubelet: Kubel
 
 
 def held_now(gw: GatewayProcess) -> float:
-    for line in httpx.get(gw.metrics_url, timeout=5).text.splitlines():
-        if line.startswith("rayleigh_gateway_cold_start_held_requests "):
-            return float(line.split()[1])
-    return 0.0
+    text = httpx.get(gw.metrics_url, timeout=5).text
+    match = re.search(r"^rayleigh_gateway_cold_start_held_requests(?:{[^}]*})? (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
 
 
 def main() -> None:

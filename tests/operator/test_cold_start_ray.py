@@ -38,7 +38,8 @@ from tests.plugins.common import EXAMPLES_DIR, REPO_ROOT, free_port
 from tests.plugins.kube import Kube, OperatorProcess, wait_for
 from tests.plugins.kubelet import KubeletStandIn
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+# Generous: on a busy 2-core machine the shared serving stack alone took 530 s to start (setup counts).
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 NAME = "cold"
 APP = f"{NAME}-op"
