@@ -2,11 +2,12 @@
 with its wake endpoint) against the emulated Kubernetes API, the real gateway (`rayleigh gateway`,
 a process) and the tiny model served by Ray Serve on a real local Ray head.
 
-Flow: a ModelDeployment with `minReplicas: 0` answers through the gateway -> its idle window ends ->
-`spec.replicas` 0, Serve's replica really stops (target 0, no replica left), ScaledToZero True and the
-route's `coldStart` reaches the gateway -> three requests through the gateway are held -> the
-gateway's wake signal makes the operator scale 0 -> 1 -> vLLM loads the model again -> all three get
-a real completion (200) -> `status.lastColdStart` has the phases the operator sees.
+Flow (one model load in all): a ModelDeployment with `minReplicas: 0` applied at zero (Serve runs
+the application with no replica; ScaledToZero True; the route's `coldStart` reaches the gateway) ->
+three requests through the gateway are held -> the gateway's wake signal makes the operator scale
+0 -> 1 -> vLLM loads the model -> all three get a real completion (200) -> `status.lastColdStart` has
+the phases the operator sees -> the idle window ends -> `spec.replicas` 0 and Serve's replica really
+stops (target 0, no replica left), ScaledToZero True again.
 
 Stand-ins, because they cannot run here (tests/plugins/kubelet.py): the Ray head is the serving
 tests' shared local head (`serving_stack`; the operator runs with `--external-ray` and its own
@@ -116,7 +117,8 @@ def stack(kube: Kube, serving_stack: Any, tmp_path_factory: pytest.TempPathFacto
     write_yaml(routes / "gateway.yaml", {"limits": {"coldStartQueue": 8, "coldStartWaitSeconds": 400}})
     doc = yaml.safe_load((EXAMPLES_DIR / "tiny-scale-to-zero.yaml").read_text())
     doc["metadata"] = {"name": NAME, "namespace": "default"}
-    doc["spec"]["autoscaling"]["idleSeconds"] = 3600  # shortened once the model answered
+    doc["spec"]["replicas"] = 0  # applied at zero: the first start is a cold start (one model load in all)
+    doc["spec"]["autoscaling"]["idleSeconds"] = 600  # shortened for the last test
     doc["spec"]["gateway"] = {"public": True}
     gateway: GatewayProcess | None = None
     try:
@@ -140,39 +142,22 @@ def stack(kube: Kube, serving_stack: Any, tmp_path_factory: pytest.TempPathFacto
         op.stop()
 
 
-def test_a_scale_to_zero_model_answers_through_the_gateway_while_warm(stack: Stack) -> None:
-    wait_for(
-        lambda: (md(stack.kube).get("status") or {}).get("phase") == "Ready",
-        400,
-        interval=1,
-        what=f"phase Ready (the tiny model loading on the real Ray head)\n{stack.operator.log()[-3000:]}",
-    )
-    r = chat(stack.gateway.url)
-    assert r.status_code == 200, r.text
-    assert r.json()["usage"]["completion_tokens"] >= 1
-
-
-def test_after_the_idle_window_the_serve_replica_really_stops(stack: Stack) -> None:
+def test_a_model_at_zero_runs_no_serve_replica_and_the_gateway_sees_cold_start(stack: Stack) -> None:
     kube = stack.kube
-    kube.kubectl("patch", "md", NAME, "--type=merge", "-p", json.dumps({"spec": {"autoscaling": {"idleSeconds": 5}}}))
-    wait_for(lambda: md(kube)["spec"]["replicas"] == 0, 60, what=f"spec.replicas 0\n{stack.operator.log()[-2000:]}")
-    dep = wait_for(
-        lambda: (d := llm_server(stack.dashboard)) and d.get("target_num_replicas") == 0 and not d["replicas"] and d,
-        120,
-        interval=0.5,
-        what="Serve's LLMServer at 0 replicas, none left",
-    )
-    assert dep["status"] == "HEALTHY"
-    wait_for(lambda: condition(kube, "ScaledToZero").get("status") == "True", 30, what="ScaledToZero True")
-    assert condition(kube, "ScaledToZero")["reason"] == "Idle"
+    wait_for(lambda: condition(kube, "ScaledToZero").get("status") == "True", 120, what="ScaledToZero True")
     assert md(kube)["status"]["phase"] == "Ready"  # ready to serve on demand
+    dep = wait_for(
+        lambda: (d := llm_server(stack.dashboard)) and d.get("target_num_replicas") == 0 and d,
+        300,
+        interval=0.5,
+        what="Serve's LLMServer deployed with 0 replicas (the app's build imports vLLM)",
+    )
+    assert dep["replicas"] == []
     wait_for(lambda: stack.kubelet.route.get("coldStart") is True, 30, what="coldStart in the gateway's route")
 
 
 def test_held_requests_wake_the_model_and_get_real_completions(stack: Stack) -> None:
     kube, gw = stack.kube, stack.gateway
-    # At zero now; a longer idle window keeps the woken model up for the checks that follow.
-    kube.kubectl("patch", "md", NAME, "--type=merge", "-p", json.dumps({"spec": {"autoscaling": {"idleSeconds": 600}}}))
     t = time.monotonic()
     with ThreadPoolExecutor(HELD) as pool:
         futures = [pool.submit(chat, gw.url) for _ in range(HELD)]
@@ -207,3 +192,20 @@ def test_last_cold_start_has_the_phase_breakdown(stack: Stack) -> None:
     assert condition(kube, "ScaledToZero")["reason"] == "Woken"
     running = [r for r in llm_server(stack.dashboard)["replicas"] if r["state"] == "RUNNING"]
     assert len(running) == 1
+
+
+def test_after_the_idle_window_the_serve_replica_really_stops(stack: Stack) -> None:
+    kube = stack.kube
+    kube.kubectl("patch", "md", NAME, "--type=merge", "-p", json.dumps({"spec": {"autoscaling": {"idleSeconds": 5}}}))
+    wait_for(lambda: md(kube)["spec"]["replicas"] == 0, 60, what=f"spec.replicas 0\n{stack.operator.log()[-2000:]}")
+    dep = wait_for(
+        lambda: (d := llm_server(stack.dashboard)) and d.get("target_num_replicas") == 0 and not d["replicas"] and d,
+        120,
+        interval=0.5,
+        what="Serve's LLMServer at 0 replicas, none left",
+    )
+    assert dep["status"] == "HEALTHY"
+    wait_for(lambda: condition(kube, "ScaledToZero").get("status") == "True", 30, what="ScaledToZero True")
+    assert condition(kube, "ScaledToZero")["reason"] == "Idle"
+    assert md(kube)["status"]["phase"] == "Ready"
+    wait_for(lambda: stack.kubelet.route.get("coldStart") is True, 30, what="coldStart in the gateway's route")
