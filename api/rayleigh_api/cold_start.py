@@ -5,13 +5,15 @@
                + weight bytes / load bandwidth
 
 `rayleigh plan` prints it with its terms. The basis of each default:
-- `REPLICA_START_S`: measured by bench/cold_start.py (bench/results/cold_start.json,
-  `model_loaded_s` median): the tiny model's weights are a few MB, so its Serve replica + vLLM
-  engine start is the fixed part. Measured on the CPU build (no CUDA graphs, no torch.compile):
-  a GPU engine adds its own graph capture and compilation, which the bench cannot measure here.
-- `WORKER_START_S`: a Ray worker joining a running head (`ray start`, 7 s on these machines,
-  /work/shared/notes "Ray Serve LLM + vLLM on these CPU machines"), with the image already on
-  the node. An image pull is not included: pre-pull or pin the replica image on GPU nodes.
+- `REPLICA_START_S`: the Serve replica + vLLM engine start with negligible weights (the tiny model's
+  are a few MB, so all of it is the fixed part): from the replica scheduled to RUNNING, 42-52 s
+  with light load on these 2-core machines (docs/benchmarks/local_start.md, `rayleigh up`).
+  bench/cold_start.py measures the same phase end to end (`model_loaded_s` in
+  bench/results/cold_start.json): about 160 s on a machine shared with other jobs (load average
+  above 20 on 2 cores), an upper bound. CPU build (no CUDA graphs, no torch.compile): a GPU engine
+  adds its own graph capture and compilation, not measurable here.
+- `WORKER_START_S`: a Ray node starting and joining (`ray start`, 7 s on an idle machine here; 8-22 s
+  for a lean head under load, docs/benchmarks/local_start.md), with the image already on the node. An image pull is not included: pre-pull or pin the replica image on GPU nodes.
 - `LOAD_BYTES_PER_S`: 1 GiB/s, an assumption, not a measurement: a local NVMe or a page-cached
   volume does more, a network volume or a Hugging Face download less. `--load-bandwidth` sets it.
 """
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 
 GIB = 1024**3
 
-REPLICA_START_S = 40.0
+REPLICA_START_S = 45.0
 WORKER_START_S = 7.0
 LOAD_BYTES_PER_S = 1 * GIB
 
