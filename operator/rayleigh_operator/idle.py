@@ -170,6 +170,20 @@ class IdleScaler:
                     if c.get("status") != ("True" if ready else "False"):
                         c["lastTransitionTime"] = condition["lastTransitionTime"]
                     c.update(status="True" if ready else "False", reason=api.Reason.IDLE.value, message=message)
+        elif key in self.wake_requested and status.get("phase") == api.Phase.DEGRADED:
+            # Woken, no replica serving yet: a cold start in progress (a worker pod, the model load),
+            # not a fault. Deploying, without a Warning event on every wake; after GIVE_UP_SECONDS
+            # without a replica the wake is dropped and Degraded shows again.
+            status["phase"] = api.Phase.DEPLOYING.value
+            wanted = {api.ConditionType.READY: "False", api.ConditionType.PROGRESSING: "True"}
+            wanted[api.ConditionType.DEGRADED] = "False"
+            for c in conditions:
+                want = wanted.get(c.get("type"))
+                if want is None:
+                    continue
+                if c.get("status") != want:
+                    c["lastTransitionTime"] = _now()
+                c.update(status=want, reason=api.Reason.WOKEN.value, message="starting from zero replicas (cold start)")
         status["conditions"] = [*conditions, condition]
         cold = self.last_cold_start.get(key) or (entry.status or {}).get("lastColdStart")
         if cold:

@@ -182,3 +182,27 @@ async def test_without_serve_s_view_the_worker_pod_alone_ends_a_cold_start() -> 
     await idle.check()
     cold = idle.last_cold_start[entry.key]
     assert cold["seconds"] == cold["workersReadySeconds"] == 2.0 and "modelLoadedSeconds" not in cold
+
+
+def test_a_woken_model_without_a_replica_yet_reads_deploying_not_degraded() -> None:
+    """Right after the wake the operator's view is 0/1 workers (Degraded): a cold start, not a fault."""
+    idle = IdleScaler(kube=None, tracked=Tracked())  # type: ignore[arg-type]
+    entry = _entry(1)
+    degraded: dict[str, Any] = {
+        "phase": "Degraded",
+        "conditions": [
+            {"type": "Ready", "status": "False", "reason": "ReplicasUnavailable", "message": "0/1 worker pods ready"},
+            {"type": "Degraded", "status": "True", "reason": "ReplicasUnavailable", "message": "0/1"},
+        ],
+    }
+    idle.wake_requested[entry.key] = (0.0, "2026-01-01T00:00:00Z")
+    idle.decorate(entry, degraded)
+    by_type = {c["type"]: c for c in degraded["conditions"]}
+    assert degraded["phase"] == "Deploying"
+    assert (by_type["Ready"]["status"], by_type["Ready"]["reason"]) == ("False", "Woken")
+    assert (by_type["Degraded"]["status"], by_type["Degraded"]["reason"]) == ("False", "Woken")
+
+    still = _computed("Degraded")  # no wake pending: a real fault shows
+    idle.wake_requested.clear()
+    idle.decorate(entry, still)
+    assert still["phase"] == "Degraded"
