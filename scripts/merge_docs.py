@@ -42,6 +42,8 @@ KEYS = {
                          "stock_ray_throughput_ratio_c1", "ttft_added_p50_ms", "ttft_added_p99_ms",
                          "stock_ray_ttft_added_p50_ms"],
     "fairness": ["light_p50_ratio_fair", "light_p50_ratio_fifo"],
+    "cold_start": ["cold_start_s", "floor_cold_start_s", "ratio_to_floor", "model_loaded_s", "held_requests_answered",
+                   "held_requests_failed", "over_bound_503", "machine_shared"],
     "operator_scale": ["time_ratio_vs_floor_100", "time_ratio_vs_floor_1000", "cpu_ratio_vs_floor_1000",
                        "apply_to_children_p50_s_100", "rss_idle_mb", "rss_1000_mb"],
 }  # fmt: skip

@@ -24,7 +24,7 @@ Mapping (spec field -> vLLM engine argument, all under the LLMConfig's `engine_k
   engine.maxNumBatchedTokens -> max_num_batched_tokens
   engine.extraArgs          -> the named argument ('--foo-bar=1' -> foo_bar: 1)
   adapters[]                -> enable_lora, max_loras, max_lora_rank, lora_modules [{name, path}]
-  replicas                  -> deployment_config.num_replicas
+  replicas                  -> deployment_config.num_replicas (0: autoscaling_config 0..1 from 0)
   serving.maxOngoingRequests -> deployment_config.max_ongoing_requests
   serving.streamBatchingIntervalMs -> experimental_configs.stream_batching_interval_ms
   resources.gpus == 0       -> accelerator_config {kind: cpu}, enforce_eager, VLLM_TARGET_DEVICE=cpu
@@ -233,6 +233,21 @@ def engine_kwargs_for(
     return kw
 
 
+def _replica_count(replicas: int) -> dict[str, Any]:
+    """The Serve replica count for spec.replicas.
+
+    Serve refuses `num_replicas: 0` (`.options()` raises), so zero (scale to zero) is an autoscaling
+    range 0..1 that starts at 0: Serve stops the running replica at once (graceful shutdown) and
+    the engine's memory is freed, with or without worker pods (a shared `--external-ray` cluster
+    with free CPUs included). The wake sets num_replicas 1 again. A request that reaches Serve
+    while at zero also makes Serve start a replica (its own scale-from-zero path); in a cluster it
+    waits for the worker pod the wake brings back.
+    """
+    if replicas == 0:
+        return {"autoscaling_config": {"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1}}
+    return {"num_replicas": replicas}
+
+
 def build_llm_config(md: ModelDeployment, *, local_base: Path | None = None, max_lora_rank: int = 16) -> dict[str, Any]:
     """The `ray.serve.llm.LLMConfig` for a ModelDeployment, as a JSON-able dict."""
     spec = md.spec
@@ -248,9 +263,7 @@ def build_llm_config(md: ModelDeployment, *, local_base: Path | None = None, max
         "log_engine_metrics": True,
         "deployment_config": {
             "name": DEPLOYMENT_NAME,
-            # Serve's REST schema wants num_replicas >= 1. At spec.replicas 0 (scale to zero) the one
-            # replica stays pending (the head offers no CPU, no worker pod runs), holding nothing.
-            "num_replicas": max(1, spec.replicas),
+            **_replica_count(spec.replicas),
             "health_check_period_s": HEALTH_CHECK_PERIOD_S,
             "health_check_timeout_s": HEALTH_CHECK_TIMEOUT_S,
             "graceful_shutdown_timeout_s": GRACEFUL_SHUTDOWN_TIMEOUT_S,

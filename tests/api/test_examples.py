@@ -14,7 +14,15 @@ from rayleigh_api.validation import validate_document
 
 from .helpers import EXAMPLES, load
 
-EXPECTED = {"tiny", "qwen7b-awq", "qwen-lora", "qwen7b-tp2-autoscale", "locked-down"}
+EXPECTED = {
+    "tiny",
+    "qwen7b-awq",
+    "qwen-lora",
+    "qwen7b-tp2-autoscale",
+    "locked-down",
+    "tiny-scale-to-zero",
+    "tiny-fair-sharing",
+}
 
 
 def test_the_documented_examples_exist() -> None:

@@ -234,3 +234,11 @@ def test_config_module_imports_neither_ray_nor_vllm() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_zero_replicas_is_a_serve_autoscaling_range_that_starts_at_zero() -> None:
+    """Serve refuses num_replicas 0: scale to zero stops the replica through autoscaling 0..1 from 0."""
+    auto = {"minReplicas": 0, "maxReplicas": 2, "idleSeconds": 60}
+    dep = llm(build_serve_config(md(replicas=0, autoscaling=auto)))["deployment_config"]
+    assert "num_replicas" not in dep
+    assert dep["autoscaling_config"] == {"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1}
