@@ -144,7 +144,11 @@ def post(url: str, body: dict[str, Any], timeout: float = 120.0) -> tuple[int, d
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
+        raw = e.read()
+        try:
+            return e.code, json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            return e.code, {"text": raw.decode(errors="replace")}
 
 
 def get(url: str, timeout: float = 30.0) -> Any:
