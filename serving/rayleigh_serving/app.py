@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rayleigh_serving.config import DEPLOYMENT_NAME
 from rayleigh_serving.gauges import keep_gauges_exported
+from rayleigh_serving.hf_overrides import merge_hf_overrides
 
 # Streamed chunks are coalesced for this long after the first one (0 disables); chosen by
 # measurement (docs/benchmarks/serving_overhead.md). spec.serving.streamBatchingIntervalMs overrides.
@@ -224,6 +225,7 @@ class RayleighLLMServer(LLMServer):  # type: ignore[misc]
         # Before the engine creates vLLM's gauges: idle gauges must stay exported (see gauges.py).
         keep_gauges_exported()
         _lora_module_paths(llm_config.engine_kwargs)
+        merge_hf_overrides(llm_config.engine_kwargs)
         # The builder cached an engine config with the plain dicts: derive it again.
         llm_config._engine_config = None
         await super().__init__(llm_config)

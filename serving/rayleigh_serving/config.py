@@ -14,6 +14,8 @@ Mapping (spec field -> vLLM engine argument, all under the LLMConfig's `engine_k
   model.dtype               -> dtype
   model.maxModelLen         -> max_model_len
   model.ropeScaling         -> hf_overrides.rope_parameters {rope_type, factor, original_max_position_embeddings}
+                               (merged into the model's own by the replica: hf_overrides.py), and for
+                               yarn hf_overrides.max_position_embeddings = factor x original
   model.chatTemplate        -> chat_template (inline Jinja)
   engine.tensorParallelSize -> tensor_parallel_size
   engine.pipelineParallelSize -> pipeline_parallel_size
@@ -44,6 +46,7 @@ from rayleigh_api.errors import FieldErrors
 
 if TYPE_CHECKING:
     from rayleigh_api import ModelDeployment
+    from rayleigh_api.model_spec import RopeScaling
 
 # The Serve application builder the config points at (runs inside the Ray cluster).
 IMPORT_PATH = "rayleigh_serving.app:build_app"
@@ -159,6 +162,23 @@ def parse_extra_args(extra_args: list[str]) -> tuple[dict[str, Any], list[tuple[
     return out, problems
 
 
+def rope_overrides(rope: RopeScaling) -> dict[str, Any]:
+    """`hf_overrides` for spec.model.ropeScaling (the replica merges them into the model's config).
+
+    vLLM extends the context by `factor` for linear and dynamic scaling, but reads YaRN's
+    `max_position_embeddings` as the already scaled length (as Transformers' YaRN does): for 'yarn'
+    it is set to factor x originalMaxPositionEmbeddings, or the engine would keep the model's own
+    limit and refuse a maxModelLen beyond it.
+    """
+    params: dict[str, Any] = {"rope_type": rope.type, "factor": rope.factor}
+    out: dict[str, Any] = {"rope_parameters": params}
+    if rope.original_max_position_embeddings is not None:
+        params["original_max_position_embeddings"] = rope.original_max_position_embeddings
+        if rope.type == "yarn":
+            out["max_position_embeddings"] = int(rope.factor * rope.original_max_position_embeddings)
+    return out
+
+
 def engine_kwargs_for(
     md: ModelDeployment, *, local_base: Path | None = None, max_lora_rank: int = 16
 ) -> dict[str, Any]:
@@ -181,10 +201,7 @@ def engine_kwargs_for(
     if model.max_model_len is not None:
         kw["max_model_len"] = model.max_model_len
     if model.rope_scaling is not None:
-        rope: dict[str, Any] = {"rope_type": model.rope_scaling.type, "factor": model.rope_scaling.factor}
-        if model.rope_scaling.original_max_position_embeddings is not None:
-            rope["original_max_position_embeddings"] = model.rope_scaling.original_max_position_embeddings
-        kw["hf_overrides"] = {"rope_parameters": rope}
+        kw["hf_overrides"] = rope_overrides(model.rope_scaling)
     if model.chat_template:
         kw["chat_template"] = model.chat_template
     if engine.max_num_seqs is not None:

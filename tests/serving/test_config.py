@@ -149,8 +149,15 @@ def test_rope_scaling_becomes_hf_override() -> None:
         }
     )
     assert kw["hf_overrides"] == {
-        "rope_parameters": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
+        "rope_parameters": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768},
+        # vLLM reads YaRN's max_position_embeddings as the scaled length (131072 = 4 x 32768).
+        "max_position_embeddings": 131072,
     }
+
+
+def test_linear_rope_scaling_leaves_max_position_embeddings_to_vllm() -> None:
+    kw = kwargs(model={"ropeScaling": {"type": "linear", "factor": 2.0}})
+    assert kw["hf_overrides"] == {"rope_parameters": {"rope_type": "linear", "factor": 2.0}}
 
 
 def test_cpu_replicas_get_cpu_accelerator_and_eager_mode() -> None:
