@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -79,10 +80,8 @@ class MotoS3:
 
     def upload_dir(self, bucket: str, prefix: str, src: Path) -> None:
         client = self.client()
-        try:
+        with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
             client.create_bucket(Bucket=bucket)
-        except client.exceptions.BucketAlreadyOwnedByYou:
-            pass
         for f in sorted(p for p in src.rglob("*") if p.is_file()):
             client.upload_file(str(f), bucket, f"{prefix}/{f.relative_to(src)}")
 

@@ -142,7 +142,9 @@ def test_adding_or_removing_adapters_leaves_the_restarting_parts_unchanged() -> 
             ]
         )
     )
-    assert {k: v for k, v in one.items() if k != "deployments"} == {k: v for k, v in three.items() if k != "deployments"}
+    assert {k: v for k, v in one.items() if k != "deployments"} == {
+        k: v for k, v in three.items() if k != "deployments"
+    }
     assert one["deployments"] != three["deployments"]
 
 
