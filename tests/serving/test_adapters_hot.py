@@ -1,8 +1,8 @@
 """Adapters added and removed on running replicas, under load: real Ray + vLLM (CPU) + the tiny model.
 
 One module fixture: a private Ray head serving the tiny model with two file:// adapters, `keep`
-and `old`. The test then changes the spec's adapter list the way the operator and `rayleigh up`
-do (build_serve_config -> PUT /api/serve/applications/): `old` leaves, `hub` comes from hf://
+and `old`. The test then edits the spec's YAML file and lets `rayleigh up`'s reloader push it
+(SpecReloader: build_serve_config -> PUT /api/serve/applications/, the operator's push too): `old` leaves, `hub` comes from hf://
 (a pre-filled Hugging Face cache, HF_HUB_OFFLINE=1: no network here) and `bucket` from s3:// (a
 local moto server: a FAKE of S3, which cannot run on these machines; credentials come from a
 mounted-Secret folder). Clients stream to the base model and to `keep` the whole time.
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.plugins.adapter_stores import S3_ACCESS_KEY, S3_SECRET_KEY, MotoS3, make_hf_cache, write_secret
 from tests.plugins.common import EXAMPLES_DIR, REPO_ROOT
@@ -36,6 +37,8 @@ HF_REPO = "rayleigh-test/tiny-lora"
 @dataclass
 class HotStack:
     ray: Any
+    reloader: Any
+    spec_file: Path
     md_doc: dict[str, Any]
     endpoint: str
     base_url: str
@@ -46,6 +49,7 @@ class HotStack:
 def hot_stack(tiny_model_dir: Path, moto_s3: MotoS3) -> Iterator[HotStack]:
     from rayleigh_api.loading import load_model_deployment
     from rayleigh_serving.local import LocalRay, wait_for_answer
+    from rayleigh_serving.spec_reload import SpecReloader
 
     work = Path(tempfile.mkdtemp(prefix="rayleigh-hot-adapters-"))
     make_hf_cache(work / "hf", HF_REPO, TINY_LORA_DIR)
@@ -69,7 +73,10 @@ def hot_stack(tiny_model_dir: Path, moto_s3: MotoS3) -> Iterator[HotStack]:
             "RAYLEIGH_ADAPTER_CACHE": str(work / "adapter-cache"),
         },
     )
-    stack = HotStack(ray, doc, moto_s3.endpoint, "", md.served_model_name())
+    spec_file = work / "md.yaml"
+    spec_file.write_text(yaml.safe_dump(doc))
+    reloader = SpecReloader(spec_file, deploy=ray.deploy, build=build)
+    stack = HotStack(ray, reloader, spec_file, doc, moto_s3.endpoint, "", md.served_model_name())
     try:
         ray.start()
         stack.base_url = ray.base_url
@@ -81,11 +88,16 @@ def hot_stack(tiny_model_dir: Path, moto_s3: MotoS3) -> Iterator[HotStack]:
         ray.stop()
 
 
-def serve_config(doc: dict[str, Any]) -> dict[str, Any]:
-    from rayleigh_api import ModelDeployment
+def build(md: Any) -> dict[str, Any]:
     from rayleigh_serving.config import build_serve_config
 
-    return build_serve_config(ModelDeployment.model_validate(doc), local_base=REPO_ROOT, app_name=APP)
+    return build_serve_config(md, local_base=REPO_ROOT, app_name=APP)
+
+
+def serve_config(doc: dict[str, Any]) -> dict[str, Any]:
+    from rayleigh_api import ModelDeployment
+
+    return build(ModelDeployment.model_validate(doc))
 
 
 def replicas(stack: HotStack) -> list[tuple[str, int]]:
@@ -179,7 +191,8 @@ def test_adapters_hot_add_and_remove_under_load_without_restart(hot_stack: HotSt
 
     with Load(stack, [stack.model, "keep"]) as load:
         wait_until("requests flowing", lambda: sum(load.ok.values()) >= 4, timeout=120)
-        stack.ray.deploy(new_config)
+        stack.spec_file.write_text(yaml.safe_dump(doc))
+        assert stack.reloader.poll() is True
         wait_until("the new adapter list", lambda: model_ids(stack) == {stack.model, "keep", "hub", "bucket"})
         served = sum(load.ok.values())
         wait_until("requests after the change", lambda: sum(load.ok.values()) >= served + 4, timeout=120)
