@@ -11,6 +11,7 @@ mounted-Secret folder). Clients stream to the base model and to `keep` the whole
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import threading
 import time
@@ -71,6 +72,7 @@ def hot_stack(tiny_model_dir: Path, moto_s3: MotoS3) -> Iterator[HotStack]:
             "HF_HOME": str(work / "hf"),
             "RAYLEIGH_ADAPTER_SECRETS_DIR": str(work / "secrets"),
             "RAYLEIGH_ADAPTER_CACHE": str(work / "adapter-cache"),
+            "RAY_metrics_report_interval_ms": "1000",
         },
     )
     spec_file = work / "md.yaml"
@@ -210,3 +212,27 @@ def test_adapters_hot_add_and_remove_under_load_without_restart(hot_stack: HotSt
     assert error["type"] == "NotFoundError" and "old" in error["message"]
     with urllib.request.urlopen(f"{stack.base_url}/rayleigh/adapters", timeout=10) as r:
         assert json.loads(r.read()) == {"model": stack.model, "loaded": ["bucket", "hub", "keep"], "failed": {}}
+
+
+def test_adapter_gauge_counts_loaded_adapters(hot_stack: HotStack) -> None:
+    pattern = re.compile(r'^ray_rayleigh_serving_adapters\{(?=[^}]*state="loaded")[^}]*\} (\S+)$', re.M)
+
+    def loaded() -> float | None:
+        with urllib.request.urlopen(hot_stack.ray.metrics_url, timeout=10) as r:
+            values = pattern.findall(r.read().decode())
+        return float(values[-1]) if values else None
+
+    expected = len(model_ids(hot_stack)) - 1
+    wait_until("the adapters gauge", lambda: loaded() == expected, timeout=60)
+
+
+def test_serve_runs_the_pushed_config_so_the_operator_does_not_push_again(hot_stack: HotStack) -> None:
+    """The operator pushes when Serve's deployed config does not hold the desired one (needs_push)."""
+    from rayleigh_api.loading import load_model_deployment
+    from rayleigh_operator import serve_client
+
+    with urllib.request.urlopen(f"{hot_stack.ray.dashboard_url}/api/serve/applications/", timeout=10) as r:
+        details = json.loads(r.read())
+    desired = build(load_model_deployment(hot_stack.spec_file))
+    state = serve_client.app_state(details, APP, "LLMServer")
+    assert serve_client.needs_push(desired["applications"][0], state) is False
