@@ -10,7 +10,8 @@ late binding) running vLLM's own FastAPI application on the engine it started:
 - vLLM's OpenAI layer does everything OpenAI: chat templates, tokenization, tool-call parsing,
   sampling parameters, SSE, usage, `stream_options.include_usage`, OpenAI-style error JSON,
   `/health`, and cancellation (its handlers watch the client and abort the engine request);
-- LoRA adapters are vLLM static LoRA modules, listed in `/v1/models` and selected by `model`;
+- LoRA adapters come from the deployment's user_config and load/unload on the live replica
+  (`reconfigure`, adapters.py), listed in `/v1/models` and selected by `model`;
 - Rayleigh adds an ASGI middleware for its own request metrics (`rayleigh_serving_*`).
 
 The Ray Serve LLM pieces it reuses: `LLMConfig`, the `LLMServer` lifecycle (engine start with
@@ -30,6 +31,7 @@ from ray.llm._internal.serve.core.server.llm_server import LLMServer, _add_opena
 from ray.serve.llm import LLMConfig
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rayleigh_serving.adapters import AdapterManager
 from rayleigh_serving.config import DEPLOYMENT_NAME
 from rayleigh_serving.gauges import keep_gauges_exported
 from rayleigh_serving.hf_overrides import merge_hf_overrides
@@ -206,16 +208,6 @@ class MetricsMiddleware:
             self.metrics.finish(route, code, time.monotonic() - start)
 
 
-def _lora_module_paths(engine_kwargs: dict[str, Any]) -> None:
-    """vLLM's frontend wants LoRAModulePath objects; the Serve config carries plain dicts."""
-    modules = engine_kwargs.get("lora_modules")
-    if not modules:
-        return
-    from vllm.entrypoints.openai.models.protocol import LoRAModulePath
-
-    engine_kwargs["lora_modules"] = [m if isinstance(m, LoRAModulePath) else LoRAModulePath(**m) for m in modules]
-
-
 class RayleighLLMServer(LLMServer):  # type: ignore[misc]
     """Ray Serve LLM's LLMServer, serving vLLM's OpenAI app directly as the Serve ingress."""
 
@@ -224,11 +216,21 @@ class RayleighLLMServer(LLMServer):  # type: ignore[misc]
             llm_config = LLMConfig.model_validate(llm_config)
         # Before the engine creates vLLM's gauges: idle gauges must stay exported (see gauges.py).
         keep_gauges_exported()
-        _lora_module_paths(llm_config.engine_kwargs)
         merge_hf_overrides(llm_config.engine_kwargs)
         # The builder cached an engine config with the plain dicts: derive it again.
         llm_config._engine_config = None
+        self._rayleigh_adapters: AdapterManager | None = None
         await super().__init__(llm_config)
+
+    async def reconfigure(self, user_config: dict[str, Any] | None) -> None:
+        """Serve calls this after __init__ and on each user_config change: the adapter list (adapters.py)."""
+        if self._rayleigh_adapters is None:
+            # VLLMEngine's OpenAIServingModels: the registry vLLM's HTTP handlers resolve `model` in.
+            models = getattr(self.engine, "_oai_models", None)
+            if models is None:
+                raise RuntimeError("the vLLM engine has no OpenAI model registry (engine not started?)")
+            self._rayleigh_adapters = AdapterManager(models, self._llm_config.model_id)
+        await self._rayleigh_adapters.apply(user_config)
 
     async def __serve_build_asgi_app__(self) -> Any:
         assert self.engine is not None, "the engine starts in __init__"
@@ -249,6 +251,12 @@ class RayleighLLMServer(LLMServer):  # type: ignore[misc]
                 "http_requests_in_flight": sum(metrics._in_flight.values()),
                 "engine_requests": engine_requests,
             }
+
+        @app.get("/rayleigh/adapters")
+        async def _adapters() -> dict[str, Any]:
+            """The LoRA adapters this replica serves, and those that failed to load (and why)."""
+            manager = self._rayleigh_adapters
+            return manager.describe() if manager else {"model": self._llm_config.model_id, "loaded": [], "failed": {}}
 
         # vLLM's build_app builds its middleware stack eagerly: reset it so ours is included.
         app.middleware_stack = None

@@ -25,7 +25,9 @@ Mapping (spec field -> vLLM engine argument, all under the LLMConfig's `engine_k
   engine.maxNumSeqs         -> max_num_seqs
   engine.maxNumBatchedTokens -> max_num_batched_tokens
   engine.extraArgs          -> the named argument ('--foo-bar=1' -> foo_bar: 1)
-  adapters[]                -> enable_lora, max_loras, max_lora_rank, lora_modules [{name, path}]
+  adapters[]                -> the LLMServer deployment's user_config (adapter_sources.py): loaded and
+                               unloaded on live replicas by reconfigure(), never a restart
+  adapters[] non-empty, or engine.maxLoras -> enable_lora, max_loras, max_lora_rank, max_cpu_loras
   replicas                  -> deployment_config.num_replicas (0: autoscaling_config 0..1 from 0)
   serving.maxOngoingRequests -> deployment_config.max_ongoing_requests
   serving.streamBatchingIntervalMs -> experimental_configs.stream_batching_interval_ms
@@ -43,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rayleigh_api.errors import FieldErrors
+from rayleigh_serving.adapter_sources import AdapterSourceError, adapter_specs, adapters_user_config, lora_engine_kwargs
 
 if TYPE_CHECKING:
     from rayleigh_api import ModelDeployment
@@ -56,8 +59,6 @@ PVC_MOUNT_ROOT = "/mnt/rayleigh/pvc"
 HF_CACHE_DIR = "/mnt/rayleigh/hf-cache"
 # The Serve deployment name of the model replicas (one deployment per application).
 DEPLOYMENT_NAME = "LLMServer"
-# Highest LoRA rank vLLM accepts; adapters are loaded with the rank the caller gives (default 16).
-LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 # Health checks: vLLM's check is cheap, but a replica busy with a burst can be slow to answer on a
 # loaded CPU; three misses in a row (period x 3) before Serve restarts it. Model loading happens in
 # the constructor, which Serve never health-checks (startup is probed separately: the replica is
@@ -179,9 +180,7 @@ def rope_overrides(rope: RopeScaling) -> dict[str, Any]:
     return out
 
 
-def engine_kwargs_for(
-    md: ModelDeployment, *, local_base: Path | None = None, max_lora_rank: int = 16
-) -> dict[str, Any]:
+def engine_kwargs_for(md: ModelDeployment, *, local_base: Path | None = None) -> dict[str, Any]:
     """The vLLM engine (and frontend) keyword arguments for a ModelDeployment's spec."""
     spec = md.spec
     model, engine = spec.model, spec.engine
@@ -213,30 +212,7 @@ def engine_kwargs_for(
         kw["enforce_eager"] = True
     if model.source.startswith("hf://") and local_base is None:
         kw["download_dir"] = HF_CACHE_DIR
-    if spec.adapters:
-        if max_lora_rank not in LORA_RANKS:
-            problems.append(("spec.adapters", f"LoRA rank {max_lora_rank} is not one of {LORA_RANKS}"))
-        modules = []
-        for i, adapter in enumerate(spec.adapters):
-            try:
-                src = resolve_source(adapter.source, field=f"spec.adapters[{i}].source", local_base=local_base)
-            except ServeConfigError as e:
-                problems.extend(e.problems)
-                continue
-            if src.kind in ("hf", "s3"):
-                problems.append(
-                    (
-                        f"spec.adapters[{i}].source",
-                        "adapters are loaded from a path on the replica: use file:// (local mode) or "
-                        "pvc:// (a mounted volume); hf:// and s3:// adapters are not supported yet",
-                    )
-                )
-                continue
-            modules.append({"name": adapter.name, "path": src.model_source, "base_model_name": md.served_model_name()})
-        kw["enable_lora"] = True
-        kw["max_loras"] = max(1, len(spec.adapters))
-        kw["max_lora_rank"] = max_lora_rank
-        kw["lora_modules"] = modules
+    kw.update(lora_engine_kwargs(md))
     extra, extra_problems = parse_extra_args(list(engine.extra_args))
     problems.extend(extra_problems)
     for key in extra:
@@ -265,14 +241,14 @@ def _replica_count(replicas: int) -> dict[str, Any]:
     return {"num_replicas": replicas}
 
 
-def build_llm_config(md: ModelDeployment, *, local_base: Path | None = None, max_lora_rank: int = 16) -> dict[str, Any]:
+def build_llm_config(md: ModelDeployment, *, local_base: Path | None = None) -> dict[str, Any]:
     """The `ray.serve.llm.LLMConfig` for a ModelDeployment, as a JSON-able dict."""
     spec = md.spec
     served = md.served_model_name()
     if not served:
         raise ServeConfigError([("metadata.name", "set metadata.name or spec.model.servedModelName")])
     source = resolve_source(spec.model.source, field="spec.model.source", local_base=local_base)
-    kwargs = engine_kwargs_for(md, local_base=local_base, max_lora_rank=max_lora_rank)
+    kwargs = engine_kwargs_for(md, local_base=local_base)
     env_vars: dict[str, str] = {}
     cfg: dict[str, Any] = {
         "model_loading_config": {"model_id": served, "model_source": source.model_source},
@@ -306,7 +282,6 @@ def build_serve_config(
     route_prefix: str = "/",
     app_name: str | None = None,
     local_base: Path | None = None,
-    max_lora_rank: int = 16,
     http_host: str = "0.0.0.0",
     http_port: int = 8000,
     hf_hub_offline: bool | None = None,
@@ -322,7 +297,11 @@ def build_serve_config(
     Note that `PUT /api/serve/applications/` is declarative over *all* applications: a config
     without an application removes it (and `DELETE` removes every application).
     """
-    llm_config = build_llm_config(md, local_base=local_base, max_lora_rank=max_lora_rank)
+    llm_config = build_llm_config(md, local_base=local_base)
+    try:
+        adapters = adapter_specs(md, pvc_root=PVC_MOUNT_ROOT, local_base=local_base)
+    except AdapterSourceError as e:
+        raise ServeConfigError(e.problems) from None
     app_env: dict[str, str] = {}
     if hf_hub_offline is not None:
         app_env["HF_HUB_OFFLINE"] = "1" if hf_hub_offline else "0"
@@ -336,6 +315,14 @@ def build_serve_config(
         "route_prefix": route_prefix,
         "import_path": IMPORT_PATH,
         "args": {"llm_config": llm_config},
+        # The adapter list lives here, not in `args`: a user_config change reconfigures the live
+        # replicas, a change of `args` restarts them (ray.serve deploy_utils.get_app_code_version).
+        "deployments": [
+            {
+                "name": llm_config["deployment_config"]["name"],
+                "user_config": adapters_user_config(md.served_model_name(), adapters),
+            }
+        ],
     }
     if app_env:
         app["runtime_env"] = {"env_vars": app_env}

@@ -43,7 +43,7 @@ def test_example_matches_the_crd_openapi_schema(path: Path) -> None:
 
 def test_lora_example_serves_base_and_adapter_names() -> None:
     md = validate_document(load(Path("manifests/examples/qwen-lora.yaml")))
-    assert md.served_models() == ["qwen-1.8b", "sql-assistant", "support-tone"]
+    assert md.served_models() == ["qwen-1.8b", "sql-assistant", "support-tone", "legal-summary", "de-translate"]
 
 
 def test_validate_reads_several_documents_from_standard_input() -> None:

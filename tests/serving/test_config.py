@@ -173,20 +173,22 @@ def test_gpu_replicas_leave_accelerator_to_ray_default() -> None:
     assert "enforce_eager" not in cfg["engine_kwargs"]
 
 
-def test_adapters_become_static_lora_modules() -> None:
-    kw = kwargs(adapters=[{"name": "sql", "source": "pvc://loras/sql"}, {"name": "tone", "source": "pvc://loras/t"}])
-    assert kw["enable_lora"] is True
-    assert kw["max_loras"] == 2
-    assert kw["lora_modules"] == [
-        {"name": "sql", "path": f"{PVC_MOUNT_ROOT}/loras/sql", "base_model_name": "m"},
-        {"name": "tone", "path": f"{PVC_MOUNT_ROOT}/loras/t", "base_model_name": "m"},
+def test_adapters_turn_lora_on_and_their_paths_reach_the_user_config() -> None:
+    mdl = md(adapters=[{"name": "sql", "source": "pvc://loras/sql"}, {"name": "tone", "source": "pvc://loras/t"}])
+    app = build_serve_config(mdl)["applications"][0]
+    kw = app["args"]["llm_config"]["engine_kwargs"]
+    assert kw["enable_lora"] is True and "lora_modules" not in kw
+    adapters = app["deployments"][0]["user_config"]["adapters"]
+    assert [(a["name"], a["location"]) for a in adapters] == [
+        ("sql", f"{PVC_MOUNT_ROOT}/loras/sql"),
+        ("tone", f"{PVC_MOUNT_ROOT}/loras/t"),
     ]
 
 
-def test_adapter_from_s3_is_rejected_by_the_api_with_its_field() -> None:
-    """Adapters load from a path on the replica; the schema says so before anything is deployed."""
+def test_adapter_from_an_unknown_scheme_is_rejected_by_the_api_with_its_field() -> None:
+    """The schema says which sources an adapter may have before anything is deployed."""
     with pytest.raises(ValidationError, match=r"adapters\.0\.source"):
-        kwargs(adapters=[{"name": "a", "source": "s3://bucket/a"}])
+        kwargs(adapters=[{"name": "a", "source": "gs://bucket/a"}])
 
 
 def test_replicas_and_max_ongoing_requests_reach_deployment_config() -> None:

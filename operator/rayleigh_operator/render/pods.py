@@ -32,6 +32,7 @@ from rayleigh_operator.render.security import (
     ray_auth_env,
     writable_dirs,
 )
+from rayleigh_serving.adapter_sources import ADAPTER_SECRETS_ROOT
 from rayleigh_serving.config import HF_CACHE_DIR, PVC_MOUNT_ROOT
 
 
@@ -61,6 +62,14 @@ def _volumes(md: api.ModelDeployment, options: RenderOptions) -> tuple[list[dict
     for i, claim in enumerate(_pvc_claims(md)):
         volumes.append({"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": f"pvc-{i}", "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True})
+    # Adapter download credentials: files the replica reads at download time (a rotated Secret is
+    # picked up by the kubelet, no restart); the values never enter the Serve config. Default file
+    # mode 0644: the pods run without fsGroup, as a non-root user that must read them.
+    for i, secret in enumerate(sorted({a.secret_ref for a in md.spec.adapters if a.secret_ref})):
+        volumes.append({"name": f"adapter-secret-{i}", "secret": {"secretName": secret}})
+        mounts.append(
+            {"name": f"adapter-secret-{i}", "mountPath": f"{ADAPTER_SECRETS_ROOT}/{secret}", "readOnly": True}
+        )
     return volumes, mounts
 
 
