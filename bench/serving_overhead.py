@@ -223,12 +223,13 @@ def main() -> None:
                 flush=True,
             )
             time.sleep(3)  # let the machine settle between stacks
-        if args.json:  # each finished round, in case a long run has to be cut short
-            partial = {"rounds_done": rnd + 1, **_results(stacks, per_round, startup)}
-            partial["per_round"] = {k: [dataclasses.asdict(f) for f in v] for k, v in per_round.items()}
-            partial["startup_per_round"] = startup
-            partial["load_average_now"] = os.getloadavg()
-            args.json.with_suffix(f".partial{suffix}.json").write_text(json.dumps(partial, indent=1))
+        # Each finished round, with the raw figures, in case a long run has to be cut short.
+        partial = {"rounds_done": rnd + 1, **_results(stacks, per_round, startup)}
+        partial["per_round"] = {k: [dataclasses.asdict(f) for f in v] for k, v in per_round.items()}
+        partial["startup_per_round"] = startup
+        partial["load_average_now"] = os.getloadavg()
+        (logs / "partial.json").write_text(json.dumps(partial, indent=1))
+        print(f"round {rnd + 1} figures so far: {logs / 'partial.json'}", flush=True)
 
     result: dict[str, Any] = {"quick": args.quick, "model": size, "rounds": rounds}
     result.update(_results(stacks, per_round, startup))
