@@ -34,6 +34,7 @@ from rayleigh_operator.render.security import (
 )
 from rayleigh_serving.adapter_sources import ADAPTER_SECRETS_ROOT
 from rayleigh_serving.config import HF_CACHE_DIR, PVC_MOUNT_ROOT
+from rayleigh_serving.ingress import ray_env
 
 
 def _pvc_claims(md: api.ModelDeployment) -> list[str]:
@@ -90,6 +91,9 @@ def _env(md: api.ModelDeployment, options: RenderOptions) -> list[dict[str, Any]
         {"name": "HF_HOME", "value": HF_CACHE_DIR},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         *ray_auth_env(md),
+        # The Serve ingress and Rayleigh's Ray settings, the same as `rayleigh up` and the benchmark run:
+        # on every Ray pod (the controller on the head and the replicas on the workers read them).
+        *({"name": k, "value": v} for k, v in ray_env(options.serve_ingress).items()),
     ]
     if md.spec.resources.gpus == 0:
         env.append({"name": "VLLM_TARGET_DEVICE", "value": "cpu"})
