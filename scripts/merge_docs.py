@@ -42,6 +42,7 @@ KEYS = {
                          "stock_ray_throughput_ratio_c1", "ttft_added_p50_ms", "ttft_added_p99_ms",
                          "stock_ray_ttft_added_p50_ms"],
     "fairness": ["light_p50_ratio_fair", "light_p50_ratio_fifo"],
+    "startup": ["rayleigh_start_to_first_answer_s", "vllm_start_to_first_answer_s", "ratio"],
     "operator_scale": ["time_ratio_vs_floor_100", "time_ratio_vs_floor_1000", "cpu_ratio_vs_floor_1000",
                        "apply_to_children_p50_s_100", "rss_idle_mb", "rss_1000_mb"],
 }  # fmt: skip
