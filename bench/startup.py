@@ -226,6 +226,9 @@ def main() -> None:
                 entry["rayleigh"]["start_to_first_answer_s"] / entry["vllm"]["start_to_first_answer_s"], 3
             )
         result["rounds"].append(entry)
+        if args.json:  # each finished round is kept even if a later one is cut short
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({**result, "partial": True}, indent=2) + "\n")
 
     def med(name: str) -> float | None:
         values = [r[name]["start_to_first_answer_s"] for r in result["rounds"] if name in r]
