@@ -48,6 +48,7 @@ KEYS = {
     "fairness": ["light_p50_ratio_fair", "light_p50_ratio_fifo"],
     "cold_start": ["cold_start_s", "floor_cold_start_s", "ratio_to_floor", "model_loaded_s", "held_requests_answered",
                    "held_requests_failed", "over_bound_503", "machine_shared"],
+    "startup": ["rayleigh_start_to_first_answer_s", "vllm_start_to_first_answer_s", "ratio"],
     "operator_scale": ["time_ratio_vs_floor_100", "time_ratio_vs_floor_1000", "cpu_ratio_vs_floor_1000",
                        "apply_to_children_p50_s_100", "rss_idle_mb", "rss_1000_mb"],
 }  # fmt: skip

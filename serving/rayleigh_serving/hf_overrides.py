@@ -9,7 +9,7 @@ RoPE parameters; the replica turns the rendered dict into `MergeHfOverrides` (pi
 reaches vLLM's engine-core process) so that the spec's keys are merged into the model's own.
 
 The Serve config keeps the plain dict (it is JSON and the operator renders it without vLLM);
-`rayleigh_serving.app` converts it when the replica starts.
+`rayleigh_serving.replica` converts it when the replica starts.
 """
 
 from __future__ import annotations
