@@ -10,6 +10,7 @@ run (quantization, tensor/pipeline parallelism) are checked by scripts/gpu-check
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -107,9 +108,6 @@ def test_max_num_seqs_caps_running_requests(app: fa.FieldsApp) -> None:
         except httpx.HTTPError as e:
             errors.append(repr(e))
 
-    threads = [threading.Thread(target=one) for _ in range(6)]
-    for t in threads:
-        t.start()
     seen: list[tuple[float, float]] = []
 
     def full_and_queued() -> bool:
@@ -119,11 +117,24 @@ def test_max_num_seqs_caps_running_requests(app: fa.FieldsApp) -> None:
         seen.append((running, waiting))
         return running == fa.MAX_NUM_SEQS and waiting >= 1
 
-    try:
-        wait_for(full_and_queued, 300, interval=0.1, what="2 running and some waiting requests")
-    finally:
+    # Ray exports the engine's gauges every few seconds and a quiet machine runs six requests in
+    # not many more: a wave can end before an export shows it. Send waves (at most 4) until one is
+    # seen full with a queue; what is asserted is what was seen, never a duration.
+    observed = False
+    for _wave in range(4):
+        threads = [threading.Thread(target=one) for _ in range(6)]
         for t in threads:
-            t.join(600)
+            t.start()
+        try:
+            while any(t.is_alive() for t in threads) and not observed:
+                observed = full_and_queued()
+                time.sleep(0.1)
+        finally:
+            for t in threads:
+                t.join(600)
+        if observed:
+            break
+    assert observed, f"never saw {fa.MAX_NUM_SEQS} running with requests waiting: {seen[-20:]}"
     assert not errors, errors[:2]
     assert max(r for r, _ in seen) <= fa.MAX_NUM_SEQS, seen
 
