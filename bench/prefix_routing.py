@@ -1,14 +1,18 @@
-"""Routing across replicas: Serve's default router, Ray's PrefixCacheAffinityRouter and Rayleigh's
-prefix-aware router, on two replicas of one model, in one run.
+"""Routing across replicas: Ray's default balancing, Ray's PrefixCacheAffinityRouter and Rayleigh's
+prefix-aware routing, on two replicas of one model, in one run.
 
-Arms (each deployed fresh, alone, on one private Ray head; the real gateway with Redis in front of
-all three, so every arm pays the same front hop):
-  default     Rayleigh's Serve app (replica = ASGI ingress) with Serve's default router (power of two)
+Every arm runs on its own fresh Ray head with Rayleigh's default Serve ingress (HAProxy; the balance
+is a per-head setting, rayleigh_serving.ingress), deployed alone, with the real gateway (with
+Redis) in front, so every arm pays the same front hops:
+  default     Rayleigh's Serve app under Ray's default HAProxy balance (`leastconn`; what
+              spec.routing least-loaded renders). Under HAProxy no Serve request router is consulted
+              for Rayleigh's one-hop app: HAProxy sends each request straight to a replica
   ray_prefix  Ray Serve LLM's stock app (`build_openai_app`: OpenAiIngress -> LLMServer) with
-              `ray.serve.llm.request_router.PrefixCacheAffinityRouter`, Ray's defaults. Ray's router needs
-              the parsed request on a handle call, which only the stock two-hop app gives it: behind
-              Serve's HTTP proxy the router sees no body (docs/SERVING.md, "Routing across replicas")
-  rayleigh    Rayleigh's Serve app with spec.routing defaults (prefix-aware, balanceFactor 1.25)
+              `ray.serve.llm.request_router.PrefixCacheAffinityRouter` on LLMServer, Ray's defaults.
+              Ray's router needs the parsed request on a handle call, which the stock two-hop app gives
+              it (docs/SERVING.md, "Routing across replicas")
+  rayleigh    Rayleigh's Serve app with spec.routing defaults (prefix-aware, balanceFactor 1.25):
+              HAProxy hashes the gateway's affinity key (consistent hashing with bounded loads)
 
 Workloads, per arm:
   A  multi-turn chats: USERS users at once, each TURNS turns in a row; one long system prompt shared by
@@ -47,11 +51,19 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / d) for d in ("api", "gateway", "serving", "operator")]
 
+from rayleigh_api.routing import Routing  # noqa: E402
 from rayleigh_gateway.keys import KeyStore, save_keys  # noqa: E402
 from rayleigh_serving.local import LocalRay, free_port  # noqa: E402
 
 MODEL = "bench"
 ARMS = ("default", "ray_prefix", "rayleigh")
+# Each arm's head: HAProxy's balance from spec.routing (rayleigh_serving.ingress.haproxy_balance).
+ARM_ROUTING = {
+    "default": Routing(strategy="least-loaded"),
+    "ray_prefix": Routing(strategy="least-loaded"),
+    "rayleigh": Routing(),
+}
+INGRESS = "haproxy"
 WORDS = [
     "bread",
     "river",
@@ -69,7 +81,6 @@ WORDS = [
     "winter",
 ]
 COUNTER = re.compile(r'^(ray_vllm_prefix_cache_(?:hits|queries)_total)\{[^}]*ReplicaId="([^"]*)"[^}]*\} (\S+)$')
-DECISION = re.compile(r'^ray_rayleigh_routing_decisions_total\{[^}]*reason="([^"]*)"[^}]*\} (\S+)$')
 
 
 def words(rng: random.Random, n: int) -> str:
@@ -122,10 +133,7 @@ def arm_config(arm: str, model_dir: Path, max_len: int) -> dict[str, Any]:
         app = {"name": arm, "route_prefix": "/", "import_path": "ray.serve.llm:build_openai_app"}
         return {"applications": [{**app, "args": {"llm_configs": [llm_config]}}]}
     md = ModelDeployment.model_validate(engine_spec(model_dir, max_len, 2))
-    cfg = build_serve_config(md, local_base=REPO, app_name=arm)
-    if arm == "default":
-        del cfg["applications"][0]["args"]["llm_config"]["deployment_config"]["request_router_config"]
-    return cfg
+    return build_serve_config(md, local_base=REPO, app_name=arm, ingress=INGRESS)
 
 
 def replica_ids(ray: LocalRay, app: str) -> set[str]:
@@ -146,15 +154,6 @@ def cache_counters(ray: LocalRay, ids: set[str]) -> dict[str, dict[str, float]]:
         if m and m.group(2) in ids:
             kind = "hits" if "hits" in m.group(1) else "queries"
             out.setdefault(m.group(2), {"hits": 0.0, "queries": 0.0})[kind] += float(m.group(3))
-    return out
-
-
-def decisions(ray: LocalRay) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for line in scrape(ray).splitlines():
-        m = DECISION.match(line)
-        if m and 'app="rayleigh"' in line:
-            out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
     return out
 
 
@@ -235,10 +234,9 @@ async def run_arm(gateway: str, key: str, ray: LocalRay, arm: str, p: dict[str, 
     async with httpx.AsyncClient(base_url=gateway, headers=headers, timeout=300, limits=limits) as client:
         warm = random.Random(seed + 7)
         await asyncio.gather(*(chat(client, [{"role": "user", "content": words(warm, 20)}], 2, True) for _ in range(6)))
-        before, before_dec = cache_counters(ray, ids), decisions(ray)
+        before = cache_counters(ray, ids)
         lat, prompt_tokens = await workload_a(client, p, seed)
         delta = settled(ray, ids, before, 0.9 * prompt_tokens)
-        dec = {k: v - before_dec.get(k, 0.0) for k, v in decisions(ray).items() if v - before_dec.get(k, 0.0) > 0}
         tps = await workload_b(client, p, seed + 1)
     hits = sum(d["hits"] for d in delta.values())
     queries = sum(d["queries"] for d in delta.values())
@@ -246,7 +244,6 @@ async def run_arm(gateway: str, key: str, ray: LocalRay, arm: str, p: dict[str, 
         "ttft_ms": lat,
         "hit_rate": hits / queries if queries else float("nan"),
         "queries_per_replica": sorted(round(d["queries"]) for d in delta.values()),
-        "decisions": dec,
         "tokens_per_s": tps,
     }
 
@@ -331,43 +328,49 @@ def main() -> None:
     logs = Path(tempfile.mkdtemp(prefix="rayleigh-prefix-bench-"))
     load_start = os.getloadavg()
     print(f"model {size}; rounds {rounds}; load average {load_start[0]:.2f}; logs {logs}", flush=True)
-    ray = LocalRay(log=logs / "ray.log", num_cpus=8, env={"RAY_metrics_report_interval_ms": "1000"})
-    procs: list[subprocess.Popen[bytes]] = []
     per_arm: dict[str, list[dict[str, Any]]] = {a: [] for a in ARMS}
-    try:
-        ray.start()
-        procs, gateway, key = start_gateway(logs, ray.base_url)
-        for rnd in range(rounds):
-            order = ARMS[rnd % len(ARMS) :] + ARMS[: rnd % len(ARMS)]
-            for arm in order:
+    for rnd in range(rounds):
+        order = ARMS[rnd % len(ARMS) :] + ARMS[: rnd % len(ARMS)]
+        for arm in order:
+            work = logs / f"round{rnd + 1}-{arm}"
+            work.mkdir()
+            ray = LocalRay(
+                log=work / "ray.log",
+                num_cpus=8,
+                env={"RAY_metrics_report_interval_ms": "1000"},
+                ingress=INGRESS,
+                routing=ARM_ROUTING[arm],
+            )
+            procs: list[subprocess.Popen[bytes]] = []
+            try:
                 t = time.monotonic()
+                ray.start()
+                procs, gateway, key = start_gateway(work, ray.base_url)
                 ray.deploy(arm_config(arm, model_dir, max_len))
                 ray.wait_running(arm, timeout=1200)
                 start_s = time.monotonic() - t
                 res = asyncio.run(run_arm(gateway, key, ray, arm, p, seed=100 * rnd + 1))
-                per_arm[arm].append(res)
-                print(
-                    f"round {rnd + 1} {arm:<10} start {start_s:5.0f} s  A: ttft p50 {pct(res['ttft_ms'], 0.5):7.1f} ms "
-                    f"p90 {pct(res['ttft_ms'], 0.9):7.1f} ms  hit rate {res['hit_rate']:.3f} "
-                    f"queries/replica {res['queries_per_replica']}  B: {res['tokens_per_s']:7.1f} tok/s  "
-                    f"{res['decisions'] or ''}",
-                    flush=True,
-                )
-    finally:
-        stop_procs(procs)
-        ray.stop()
+            finally:
+                stop_procs(procs)
+                ray.stop()
+            per_arm[arm].append(res)
+            print(
+                f"round {rnd + 1} {arm:<10} start {start_s:5.0f} s  A: ttft p50 {pct(res['ttft_ms'], 0.5):7.1f} ms "
+                f"p90 {pct(res['ttft_ms'], 0.9):7.1f} ms  hit rate {res['hit_rate']:.3f} "
+                f"queries/replica {res['queries_per_replica']}  B: {res['tokens_per_s']:7.1f} tok/s",
+                flush=True,
+            )
 
     def med(arm: str, fn: Any) -> float:
         return round(statistics.median(fn(r) for r in per_arm[arm]), 3)
 
-    result: dict[str, Any] = {"quick": args.quick, "model": size, "rounds": rounds, "workload": p}
+    result: dict[str, Any] = {"quick": args.quick, "model": size, "rounds": rounds, "workload": p, "ingress": INGRESS}
     for arm in ARMS:
         result[f"ttft_p50_ms_{arm}_a"] = med(arm, lambda r: pct(r["ttft_ms"], 0.5))
         result[f"ttft_p90_ms_{arm}_a"] = med(arm, lambda r: pct(r["ttft_ms"], 0.9))
         result[f"hit_rate_{arm}_a"] = med(arm, lambda r: r["hit_rate"])
         result[f"tokens_per_s_{arm}_b"] = med(arm, lambda r: r["tokens_per_s"])
         result[f"queries_per_replica_{arm}_a"] = [r["queries_per_replica"] for r in per_arm[arm]]
-    result["rayleigh_decisions_a"] = [r["decisions"] for r in per_arm["rayleigh"]]
     for other in ("default", "ray_prefix"):
         result[f"ttft_p50_ratio_rayleigh_vs_{other}_a"] = round(
             statistics.median(

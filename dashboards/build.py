@@ -293,15 +293,20 @@ def models() -> dashboard.Dashboard:
     )
     d = d.with_panel(
         ts(
-            "Routing decisions/s",
-            "Replica picks of Rayleigh's Serve router by application and reason: affinity (the replica "
-            "holding the conversation's prefix), spill (it was above the load bound), no_key, least_loaded, "
-            "round_robin, replica_full.",
+            "Requests per replica, routing decisions/s",
+            "How requests spread over the replicas: completed requests per replica (vLLM's counter; "
+            "prefix-aware routing keeps each conversation on one). Under --serve-ingress proxy, also the picks "
+            "of Rayleigh's Serve router by reason: affinity, spill (above the load bound), no_key, least_loaded, "
+            "round_robin, replica_full (under HAProxy, HAProxy picks and this series is empty).",
             [
+                (
+                    f"sum by (model_name, ReplicaId) (rate(ray_vllm_request_success_total{{{MODEL}}}[{RATE}]))",
+                    "{{model_name}} {{ReplicaId}}",
+                ),
                 (
                     f"sum by (app, reason) (rate(ray_rayleigh_routing_decisions_total{{{NS}}}[{RATE}]))",
                     "{{app}} {{reason}}",
-                )
+                ),
             ],
             unit="ops",
             width=8,

@@ -53,7 +53,9 @@ def render(filename: str, output: str, route_prefix: str, monitoring: bool, serv
             from rayleigh_serving.config import ServeConfigError, build_serve_config
 
             try:
-                objs: list[dict[str, Any]] = [build_serve_config(md, route_prefix=route_prefix)]
+                objs: list[dict[str, Any]] = [
+                    build_serve_config(md, route_prefix=route_prefix, ingress=options.serve_ingress)
+                ]
             except ServeConfigError as exc:
                 raise r.RenderError(exc.problems) from None
         else:

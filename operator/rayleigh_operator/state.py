@@ -105,7 +105,11 @@ class OperatorConfig:
     def serve_config_for(self, md: api.ModelDeployment) -> dict[str, Any]:
         """The Serve config PUT to the dashboard (raises ServeConfigError for what it cannot express)."""
         return build_serve_config(
-            md, route_prefix=self.route_prefix_for(md), app_name=self.app_name_for(md), local_base=self.local_base
+            md,
+            route_prefix=self.route_prefix_for(md),
+            app_name=self.app_name_for(md),
+            local_base=self.local_base,
+            ingress=self.render.serve_ingress,
         )
 
     def render_options_for(

@@ -43,6 +43,7 @@ _LIGHT_DEPLOYMENT_FIELDS = frozenset(
         "health_check_timeout_s",
         "graceful_shutdown_timeout_s",
         "max_ongoing_requests",
+        "request_router_config",  # spec.routing under Serve's proxy ingress (rayleigh_serving.config)
     }
 )
 # Engine arguments that change Ray Serve LLM's deployment shape (data parallel, KV-aware routing).

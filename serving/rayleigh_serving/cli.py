@@ -212,7 +212,7 @@ def up(
         except ServeConfigError as e:
             raise click.ClickException(str(e)) from e
         app = config["applications"][0]["name"]
-        ray = LocalRay(num_cpus=num_cpus, http_port=serve_port, log=state_dir / "ray.log")
+        ray = LocalRay(num_cpus=num_cpus, http_port=serve_port, log=state_dir / "ray.log", routing=md.spec.routing)
     # Whatever ends this process (Ctrl-C, an error, SIGKILL), the watchdog kills what it started.
     reaper = Reaper.start()
     if ray is not None:
@@ -295,6 +295,7 @@ def up(
                 build=lambda m: build_serve_config(m, local_base=base, http_host="127.0.0.1", http_port=serve_port),
                 on_model=gw.write_routes if gw is not None else None,
                 say=_say,
+                routing=md.spec.routing if ray.ingress == "haproxy" else None,
             )
         while True:  # edits of the YAML file are applied (adapters load without a restart)
             time.sleep(1)

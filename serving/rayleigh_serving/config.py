@@ -31,8 +31,11 @@ Mapping (spec field -> vLLM engine argument, all under the LLMConfig's `engine_k
   replicas                  -> deployment_config.num_replicas (0: autoscaling_config 0..1 from 0)
   serving.maxOngoingRequests -> deployment_config.max_ongoing_requests
   serving.streamBatchingIntervalMs -> experimental_configs.stream_batching_interval_ms
-  routing.strategy, routing.balanceFactor -> deployment_config.request_router_config
-                               {request_router_class: Rayleigh's router, request_router_kwargs}
+  routing.strategy, routing.balanceFactor -> under Serve's proxy ingress only:
+                               deployment_config.request_router_config {request_router_class:
+                               Rayleigh's router, request_router_kwargs}; under HAProxy the Ray
+                               nodes' HAProxy balance (rayleigh_serving.ingress.ray_env), and Ray
+                               refuses a custom router on an HAProxy ingress deployment
   resources.gpus == 0       -> accelerator_config {kind: cpu}, enforce_eager, VLLM_TARGET_DEVICE=cpu
 """
 
@@ -48,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from rayleigh_api.errors import FieldErrors
 from rayleigh_serving.adapter_sources import AdapterSourceError, adapter_specs, adapters_user_config, lora_engine_kwargs
+from rayleigh_serving.ingress import DEFAULT_INGRESS, check_ingress, default_ingress
 
 if TYPE_CHECKING:
     from rayleigh_api import ModelDeployment
@@ -246,8 +250,11 @@ def _replica_count(replicas: int) -> dict[str, Any]:
     return {"num_replicas": replicas}
 
 
-def build_llm_config(md: ModelDeployment, *, local_base: Path | None = None) -> dict[str, Any]:
-    """The `ray.serve.llm.LLMConfig` for a ModelDeployment, as a JSON-able dict."""
+def build_llm_config(
+    md: ModelDeployment, *, local_base: Path | None = None, ingress: str = DEFAULT_INGRESS
+) -> dict[str, Any]:
+    """The `ray.serve.llm.LLMConfig` for a ModelDeployment, as a JSON-able dict, for a Ray cluster
+    whose Serve ingress is `ingress` (rayleigh_serving.ingress)."""
     spec = md.spec
     served = md.served_model_name()
     if not served:
@@ -265,15 +272,13 @@ def build_llm_config(md: ModelDeployment, *, local_base: Path | None = None) -> 
             "health_check_period_s": HEALTH_CHECK_PERIOD_S,
             "health_check_timeout_s": HEALTH_CHECK_TIMEOUT_S,
             "graceful_shutdown_timeout_s": GRACEFUL_SHUTDOWN_TIMEOUT_S,
-            "request_router_config": {
-                "request_router_class": ROUTER_CLASS,
-                "request_router_kwargs": {
-                    "strategy": spec.routing.strategy,
-                    "balance_factor": spec.routing.balance_factor,
-                },
-            },
         },
     }
+    if check_ingress(ingress) == "proxy":
+        cfg["deployment_config"]["request_router_config"] = {
+            "request_router_class": ROUTER_CLASS,
+            "request_router_kwargs": {"strategy": spec.routing.strategy, "balance_factor": spec.routing.balance_factor},
+        }
     if spec.serving.max_ongoing_requests is not None:
         cfg["deployment_config"]["max_ongoing_requests"] = spec.serving.max_ongoing_requests
     if spec.serving.stream_batching_interval_ms is not None:
@@ -297,8 +302,13 @@ def build_serve_config(
     http_host: str = "0.0.0.0",
     http_port: int = 8000,
     hf_hub_offline: bool | None = None,
+    ingress: str | None = None,
 ) -> dict[str, Any]:
     """The Ray Serve config (`ServeDeploySchema`) serving one ModelDeployment.
+
+    `ingress` is the Serve ingress of the Ray cluster it goes to (rayleigh_serving.ingress; None:
+    `default_ingress()`, what `rayleigh up` and the test stacks start): it decides where
+    spec.routing goes.
 
     `local_base` marks local mode (`rayleigh up`, tests): relative file:// sources resolve against
     it and hf:// downloads go to the user's Hugging Face cache instead of the cluster's cache
@@ -309,7 +319,7 @@ def build_serve_config(
     Note that `PUT /api/serve/applications/` is declarative over *all* applications: a config
     without an application removes it (and `DELETE` removes every application).
     """
-    llm_config = build_llm_config(md, local_base=local_base)
+    llm_config = build_llm_config(md, local_base=local_base, ingress=ingress or default_ingress())
     try:
         adapters = adapter_specs(md, pvc_root=PVC_MOUNT_ROOT, local_base=local_base)
     except AdapterSourceError as e:

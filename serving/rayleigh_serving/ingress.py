@@ -19,6 +19,8 @@ import os
 import socket
 from pathlib import Path
 
+from rayleigh_api.routing import AFFINITY_HEADER, Routing
+
 INGRESS_VARIANTS = ("haproxy", "proxy")
 DEFAULT_INGRESS = "haproxy"
 # Selects the variant for `rayleigh up` and the test stacks (the operator has --serve-ingress).
@@ -40,11 +42,37 @@ def default_ingress() -> str:
     return check_ingress(os.environ.get(INGRESS_ENV_VAR) or DEFAULT_INGRESS)
 
 
-def ray_env(ingress: str) -> dict[str, str]:
-    """Environment of every Ray node (head and workers: the controller and the replicas read it)."""
+def haproxy_balance(routing: Routing) -> str:
+    """spec.routing as HAProxy's load-balancing directives (Ray pastes the value of
+    RAY_SERVE_HAPROXY_BALANCE_ALGORITHM after `balance` in the defaults section of its HAProxy
+    configuration; the extra lines of prefix-aware land in the same section).
+
+      prefix-aware  `balance hdr(x-session-id)` + `hash-type consistent` + `hash-balance-factor`:
+                    the gateway's affinity key, consistent hashing with bounded loads (a server
+                    takes a request only while its connections stay within balanceFactor x the
+                    mean, else the next one on the ring); no key: round robin
+      least-loaded  `balance leastconn` (Ray's default)
+      round-robin   `balance roundrobin`
+    """
+    if routing.strategy == "least-loaded":
+        return "leastconn"
+    if routing.strategy == "round-robin":
+        return "roundrobin"
+    factor = round(routing.balance_factor * 100)  # HAProxy's percentage, >= 100
+    return f"hdr({AFFINITY_HEADER})\n    hash-type consistent\n    hash-balance-factor {factor}"
+
+
+def ray_env(ingress: str, routing: Routing | None = None) -> dict[str, str]:
+    """Environment of every Ray node (head and workers: the controller and the replicas read it).
+
+    Under HAProxy, `routing` (the model's spec.routing; the default when None) picks how HAProxy
+    spreads requests over the replicas. Under Serve's proxy, Serve's request router does
+    (`rayleigh_serving.router`, set per application in the Serve config).
+    """
     env = dict(RAY_SERVE_ENV)
     if check_ingress(ingress) == "haproxy":
         env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+        env["RAY_SERVE_HAPROXY_BALANCE_ALGORITHM"] = haproxy_balance(routing or Routing())
     return env
 
 

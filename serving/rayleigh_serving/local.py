@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rayleigh_api.routing import Routing
 from rayleigh_serving.ingress import default_ingress, local_haproxy_env, ray_env
 from rayleigh_serving.reaper import Reaper, kill_groups, kill_marked, reap
 
@@ -77,6 +78,8 @@ class LocalRay:
     tuned: bool = True
     # The Serve ingress (rayleigh_serving.ingress; with tuned=True): "haproxy" or "proxy".
     ingress: str = field(default_factory=default_ingress)
+    # How HAProxy spreads requests over replicas (one setting per head: ingress.haproxy_balance).
+    routing: Routing | None = None
     # Leave out the head processes a one-machine Serve app never uses: the autoscaler monitor (no
     # nodes to add) and the log monitor (it streams worker logs to drivers; there is none, the logs
     # stay in files). Local mode only: the operator's head pods are rendered elsewhere.
@@ -114,7 +117,7 @@ class LocalRay:
             # Ray's socket paths must stay under 107 bytes: a short dir under /tmp.
             self.temp_dir = Path(tempfile.mkdtemp(prefix="rl-", dir="/tmp"))
             self._own_temp = True
-        tuned = ray_env(self.ingress) if self.tuned else {}
+        tuned = ray_env(self.ingress, self.routing) if self.tuned else {}
         env = {**os.environ, **RAY_ENV, **tuned, **self.env, "RAY_TMPDIR": str(self.temp_dir)}
         if env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
             env = {**local_haproxy_env(self.temp_dir), **env}

@@ -4,7 +4,8 @@ Every poll compares the file's modification time and content; on a change the Mo
 validated again and its Serve config PUT to the local Ray head, the same declarative push the
 operator makes in a cluster. A change of the adapter list alone is a `user_config` change, which
 Serve applies to the running replicas without restarting them (adapter_sources.py); other changes
-(engine, model) restart them, as in a cluster. The local gateway's route file is rewritten too (it
+(engine, model) restart them, as in a cluster. Under HAProxy, `spec.routing` is read when Ray starts
+(rayleigh_serving.ingress): a change of it is reported as needing a restart. The local gateway's route file is rewritten too (it
 re-reads it every second), so new model names are routed. An invalid edit is reported and ignored:
 what runs keeps running.
 """
@@ -27,12 +28,14 @@ class SpecReloader:
         build: Callable[[Any], dict[str, Any]],
         on_model: Callable[[Any], None] | None = None,
         say: Callable[[str], None] = print,
+        routing: Any = None,
     ) -> None:
         self.path = path
         self.deploy = deploy  # LocalRay.deploy
         self.build = build  # ModelDeployment -> Serve config
         self.on_model = on_model  # e.g. rewrite the local gateway's route
         self.say = say
+        self.routing = routing  # spec.routing the running HAProxy was started with (None: not HAProxy)
         self._seen = self._stamp()
 
     def _stamp(self) -> tuple[float, bytes] | None:
@@ -66,6 +69,11 @@ class SpecReloader:
             return False
         if self.on_model is not None:
             self.on_model(md)
+        if self.routing is not None and md.spec.routing != self.routing:
+            self.say(
+                f"{self.path}: spec.routing changed; HAProxy reads it when Ray starts, so it applies at the next "
+                "`rayleigh up` (still routing by the previous setting)"
+            )
         names = ", ".join(md.served_models())
         self.say(f"{self.path} changed: pushed the new config (models: {names}); adapters load without a restart")
         return True

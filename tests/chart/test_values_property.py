@@ -188,5 +188,6 @@ def test_the_generator_produces_the_strings_that_broke_the_chart() -> None:
         lambda r: (
             any(h.startswith("[") for h in r.get("sentinel", {}).get("hosts", [])) and r.get("tls", {}).get("enabled")
         ),
-        settings=small,
+        # Two rare choices at once: 300 examples found it on most runs, not all (find stops at the first).
+        settings=settings(small, max_examples=5000),
     )

@@ -17,9 +17,9 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "manifests" / "examples" / "tiny.yaml"
 
 
-def ray_pod_envs(args: list[str]) -> dict[str, dict[str, Any]]:
+def ray_pod_envs(args: list[str], manifest: Path = TINY) -> dict[str, dict[str, Any]]:
     """{deployment name: its container's env as a dict} from `rayleigh render`."""
-    result = CliRunner().invoke(render_cmd, ["-f", str(TINY), *args])
+    result = CliRunner().invoke(render_cmd, ["-f", str(manifest), *args])
     assert result.exit_code == 0, result.output
     out = {}
     for obj in yaml.safe_load_all(result.output):
@@ -45,3 +45,13 @@ def test_an_unknown_ingress_is_refused_with_the_choices() -> None:
     result = CliRunner().invoke(render_cmd, ["-f", str(TINY), "--serve-ingress", "nginx"])
     assert result.exit_code == 2
     assert "--serve-ingress" in result.output and "haproxy" in result.output
+
+
+@pytest.mark.parametrize(("strategy", "balance"), [("least-loaded", "leastconn"), ("round-robin", "roundrobin")])
+def test_spec_routing_is_haproxys_balance_on_every_ray_pod(strategy: str, balance: str, tmp_path: Path) -> None:
+    doc = yaml.safe_load(TINY.read_text())
+    doc["spec"]["routing"] = {"strategy": strategy}
+    manifest = tmp_path / "md.yaml"
+    manifest.write_text(yaml.safe_dump(doc))
+    for name, env in ray_pod_envs(["--serve-ingress", "haproxy"], manifest).items():
+        assert env["RAY_SERVE_HAPROXY_BALANCE_ALGORITHM"] == balance, name

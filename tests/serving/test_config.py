@@ -251,3 +251,12 @@ def test_zero_replicas_is_a_serve_autoscaling_range_that_starts_at_zero() -> Non
     dep = llm(build_serve_config(md(replicas=0, autoscaling=auto)))["deployment_config"]
     assert "num_replicas" not in dep
     assert dep["autoscaling_config"] == {"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1}
+
+
+def test_routing_is_serves_request_router_only_under_the_proxy_ingress() -> None:
+    spec = md(routing={"strategy": "least-loaded", "balanceFactor": 2.0})
+    router = llm(build_serve_config(spec, ingress="proxy"))["deployment_config"]["request_router_config"]
+    assert router["request_router_class"] == "rayleigh_serving.router.RayleighRouter"
+    assert router["request_router_kwargs"] == {"strategy": "least-loaded", "balance_factor": 2.0}
+    # Ray refuses a custom router on an HAProxy ingress deployment; HAProxy's balance carries it there.
+    assert "request_router_config" not in llm(build_serve_config(spec, ingress="haproxy"))["deployment_config"]

@@ -92,8 +92,9 @@ def _env(md: api.ModelDeployment, options: RenderOptions) -> list[dict[str, Any]
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         *ray_auth_env(md),
         # The Serve ingress and Rayleigh's Ray settings, the same as `rayleigh up` and the benchmark run:
-        # on every Ray pod (the controller on the head and the replicas on the workers read them).
-        *({"name": k, "value": v} for k, v in ray_env(options.serve_ingress).items()),
+        # on every Ray pod (the controller on the head and the replicas on the workers read them). Under
+        # HAProxy, spec.routing is HAProxy's balance setting, read when the node starts.
+        *({"name": k, "value": v} for k, v in ray_env(options.serve_ingress, md.spec.routing).items()),
     ]
     if md.spec.resources.gpus == 0:
         env.append({"name": "VLLM_TARGET_DEVICE", "value": "cpu"})
