@@ -26,6 +26,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / d) for d in ("api", "gateway", "serving", "operator")]
 
+from rayleigh_serving.engine_check import cli_args  # noqa: E402
 from rayleigh_serving.ingress import DEFAULT_INGRESS  # noqa: E402
 from rayleigh_serving.local import LocalRay, free_port, http_json  # noqa: E402
 from rayleigh_serving.reaper import kill_marked  # noqa: E402
@@ -138,28 +139,9 @@ async def _first_stream(base_url: str) -> tuple[float, int]:
 
 def start_vllm(model_dir: Path, log: Path) -> Running:
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(model_dir),
-        "--served-model-name",
-        MODEL_NAME,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--dtype",
-        str(ENGINE["dtype"]),
-        "--max-model-len",
-        str(MAX_MODEL_LEN),
-        "--enforce-eager",
-        "--gpu-memory-utilization",
-        str(ENGINE["gpu_memory_utilization"]),
-        "--enable-prefix-caching",
-        "--disable-uvicorn-access-log",
-    ]
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir)]
+    cmd += ["--served-model-name", MODEL_NAME, "--host", "127.0.0.1", "--port", str(port)]
+    cmd += [*cli_args(ENGINE), "--disable-uvicorn-access-log"]  # the engine kwargs every stack gets
     start = time.monotonic()
     env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu"}
     with open(log, "ab") as out:

@@ -38,6 +38,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / d) for d in ("api", "gateway", "serving", "operator")]
 
+from rayleigh_api.loading import load_model_deployment  # noqa: E402
+from rayleigh_serving.engine_check import server_args  # noqa: E402
 from rayleigh_serving.local import free_port, http_json  # noqa: E402
 
 MANIFEST = REPO / "manifests" / "examples" / "tiny.yaml"
@@ -85,28 +87,10 @@ def _stop_group(proc: subprocess.Popen[bytes], first: int = signal.SIGTERM, grac
 def run_vllm(log: Path) -> dict[str, Any]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(MODEL_DIR),
-        "--served-model-name",
-        MODEL_NAME,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--dtype",
-        "float32",
-        "--max-model-len",
-        "512",
-        "--enforce-eager",
-        "--gpu-memory-utilization",
-        "0.2",
-        "--enable-prefix-caching",
-        "--disable-uvicorn-access-log",
-    ]
+    # The engine flags of tiny.yaml through Rayleigh's own spec -> vLLM mapping: what `rayleigh up` runs.
+    spec = server_args(load_model_deployment(MANIFEST), local_base=REPO)
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *spec]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--disable-uvicorn-access-log"]
     phases: dict[str, float] = {}
 
     def on_line(line: str, at: float) -> None:

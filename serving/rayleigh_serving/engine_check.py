@@ -84,10 +84,12 @@ def cli_args(kwargs: dict[str, Any]) -> list[str]:
     return out
 
 
-def server_args(md: ModelDeployment) -> list[str]:
-    """Every flag of `python -m vllm.entrypoints.openai.api_server` for this spec (no host/port)."""
-    source = resolve_source(md.spec.model.source, field="spec.model.source", local_base=Path.cwd())
-    kwargs = engine_kwargs_for(md, local_base=Path.cwd())
+def server_args(md: ModelDeployment, local_base: Path | None = None) -> list[str]:
+    """Every flag of `python -m vllm.entrypoints.openai.api_server` for this spec (no host/port);
+    relative file:// sources resolve against `local_base` (default: the current directory)."""
+    base = local_base or Path.cwd()
+    source = resolve_source(md.spec.model.source, field="spec.model.source", local_base=base)
+    kwargs = engine_kwargs_for(md, local_base=base)
     return ["--model", source.model_source, "--served-model-name", md.served_model_name(), *cli_args(kwargs)]
 
 
