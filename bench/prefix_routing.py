@@ -50,7 +50,9 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / d) for d in ("api", "gateway", "serving", "operator")]
+sys.path.insert(0, str(REPO))
 
+from bench.serving_stacks import ENGINE, bench_spec  # noqa: E402
 from rayleigh_api.routing import Routing  # noqa: E402
 from rayleigh_gateway.keys import KeyStore, save_keys  # noqa: E402
 from rayleigh_serving.local import LocalRay, free_port  # noqa: E402
@@ -88,20 +90,9 @@ def words(rng: random.Random, n: int) -> str:
 
 
 def engine_spec(model_dir: Path, max_len: int, replicas: int) -> dict[str, Any]:
-    return {
-        "metadata": {"name": "bench"},
-        "spec": {
-            "model": {
-                "source": f"file://{model_dir}",
-                "servedModelName": MODEL,
-                "dtype": "float32",
-                "maxModelLen": max_len,
-            },
-            "engine": {"gpuMemoryUtilization": 0.2, "enablePrefixCaching": True},
-            "resources": {"gpus": 0},
-            "replicas": replicas,
-        },
-    }
+    doc = bench_spec(model_dir, model=MODEL, replicas=replicas)
+    doc["spec"]["model"]["maxModelLen"] = max_len
+    return doc
 
 
 def arm_config(arm: str, model_dir: Path, max_len: int) -> dict[str, Any]:
@@ -113,14 +104,7 @@ def arm_config(arm: str, model_dir: Path, max_len: int) -> dict[str, Any]:
         llm_config = {
             "model_loading_config": {"model_id": MODEL, "model_source": str(model_dir)},
             "accelerator_config": {"kind": "cpu"},
-            "engine_kwargs": {
-                "dtype": "float32",
-                "max_model_len": max_len,
-                "enforce_eager": True,
-                "gpu_memory_utilization": 0.2,
-                "enable_prefix_caching": True,
-                "tensor_parallel_size": 1,
-            },
+            "engine_kwargs": {**ENGINE, "max_model_len": max_len, "tensor_parallel_size": 1},
             "log_engine_metrics": True,
             "runtime_env": {"env_vars": {"VLLM_TARGET_DEVICE": "cpu"}},
             "deployment_config": {

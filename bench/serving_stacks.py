@@ -198,26 +198,34 @@ def _stock_config(model_dir: Path) -> dict[str, Any]:
     }
 
 
+def bench_spec(model_dir: Path, *, name: str = "bench", model: str = MODEL_NAME, **spec: Any) -> dict[str, Any]:
+    """The ModelDeployment document every Rayleigh arm of the benchmarks serves (the same engine
+    settings as ENGINE, as spec fields); `spec` adds or replaces top-level spec fields."""
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "model": {
+                "source": f"file://{model_dir}",
+                "servedModelName": model,
+                "dtype": ENGINE["dtype"],
+                "maxModelLen": ENGINE["max_model_len"],
+            },
+            "engine": {
+                "gpuMemoryUtilization": ENGINE["gpu_memory_utilization"],
+                "enablePrefixCaching": ENGINE["enable_prefix_caching"],
+            },
+            "resources": {"gpus": 0},
+            **spec,
+        },
+    }
+
+
 def _rayleigh_config(model_dir: Path, interval_ms: float | None = None) -> dict[str, Any]:
     from rayleigh_api import ModelDeployment
     from rayleigh_serving.config import build_serve_config
 
-    md = ModelDeployment.model_validate(
-        {
-            "metadata": {"name": "bench"},
-            "spec": {
-                "model": {
-                    "source": f"file://{model_dir}",
-                    "servedModelName": MODEL_NAME,
-                    "dtype": "float32",
-                    "maxModelLen": MAX_MODEL_LEN,
-                },
-                "engine": {"gpuMemoryUtilization": 0.2, "enablePrefixCaching": True},
-                "resources": {"gpus": 0},
-                "serving": {} if interval_ms is None else {"streamBatchingIntervalMs": interval_ms},
-            },
-        }
-    )
+    serving = {} if interval_ms is None else {"streamBatchingIntervalMs": interval_ms}
+    md = ModelDeployment.model_validate(bench_spec(model_dir, serving=serving))
     return build_serve_config(md, local_base=REPO, app_name="rayleigh")
 
 
