@@ -121,6 +121,17 @@ def put_body(details: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]
     return body
 
 
+def put_apps(
+    details: dict[str, Any], desired: dict[str, Any], apps: dict[str, dict[str, Any] | None]
+) -> dict[str, Any]:
+    """The PUT body that sets each application in `apps` (None: removes it) and keeps the others."""
+    body = put_body(details, {**desired, "applications": [next(a for a in desired["applications"])]})
+    names = set(apps)
+    body["applications"] = [a for a in body["applications"] if a["name"] not in names]
+    body["applications"] += [a for a in apps.values() if a is not None]
+    return body
+
+
 def remove_body(details: dict[str, Any], app_name: str) -> dict[str, Any]:
     body: dict[str, Any] = {"applications": declarative_apps(details, except_name=app_name)}
     running_http = details.get("http_options")
