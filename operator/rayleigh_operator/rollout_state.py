@@ -92,6 +92,8 @@ class Rollouts:
             self.memory[entry.key] = mem = Memory(revision=want, blocked=blocked)
             if blocked:
                 mem.phase = "RolledBack"
+        if mem.phase == "RolledBack":
+            return "rollback"
         if mem.aborted:
             mem.reason, mem.message = api.Reason.ABORTED, "aborted by `rayleigh rollout abort`"
             return "rollback"

@@ -87,6 +87,13 @@ if TYPE_CHECKING:
     default="",
     help="Prometheus base URL for rollout analysis (docs/ROLLOUT.md); default: none (steps continue on readiness).",
 )
+@click.option(
+    "--route-settle-seconds",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Rollouts: how long a Serve application is out of the gateway's route before it is removed.",
+)
 @click.option("--metrics-port", type=int, default=8080, show_default=True, help="Prometheus port; 0: off.")
 @click.option("--liveness", default=None, help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING"]), default="INFO", show_default=True)
@@ -127,6 +134,7 @@ def config_from_params(params: dict[str, Any]) -> OperatorConfig:
         resync_seconds=params["resync_seconds"],
         wake_port=params["wake_port"],
         prometheus_url=params["prometheus_url"] or None,
+        route_settle_seconds=params["route_settle_seconds"],
         gpu_check=params["gpu_check"],
         metric_check=params["metric_check"],
         monitoring=params["monitoring"],

@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -129,13 +130,6 @@ class ServeSync:
             slots, (app0, app1), md.spec.replicas, surge=surge, drain=drain, verdict=verdict, blocked=mem.blocked
         )
         self.rollouts.observe(entry, md, want, p)
-        route_slots = _route_slots(p, slots)
-        if route_slots != entry.route_slots:
-            entry.route_slots = route_slots
-            self.on_route_change()
-        if p.serving is not None and p.serving.revision == want and p.apps.get(p.serving.name) is not None:
-            await self._note_stable(entry)
-        state = _state(details, p)
         by_name = {s.name: s for s in slots}
         changes = {
             name: cfg
@@ -143,6 +137,27 @@ class ServeSync:
             if (cfg is None and by_name[name].exists and not by_name[name].deleting)
             or (cfg is not None and (by_name[name].config is None or not subset(cfg, by_name[name].config)))
         }
+        route_slots = _route_slots(p, slots)
+        removing = {name for name, cfg in changes.items() if cfg is None}
+        if removing:
+            # An application leaves the gateway's route first and is removed only once the gateways
+            # had time to read the new route (--route-settle-seconds): Serve's proxy answers 404 for a
+            # deleted application's prefix at once, so a request still sent to it would fail.
+            kept = tuple((i, w) for i, w in route_slots if slots[i].name not in removing)
+            route_slots = tuple((i, 100) for i, _ in kept[:1]) or route_slots
+            since = entry.unrouted_since.setdefault(frozenset(removing), time.monotonic())
+            settle = self.config.route_settle_seconds if self.config.routes_configmap else 0.0
+            if time.monotonic() - since < settle:
+                changes = {name: cfg for name, cfg in changes.items() if cfg is not None}
+                self.tracked.schedule(entry, settle)
+        else:
+            entry.unrouted_since.clear()
+        if route_slots != entry.route_slots:
+            entry.route_slots = route_slots
+            self.on_route_change()
+        if p.serving is not None and p.serving.revision == want and p.apps.get(p.serving.name) is not None:
+            await self._note_stable(entry)
+        state = _state(details, p)
         app_hash = content_hash(p.apps)
         if state.status == "DEPLOY_FAILED" and not changes and p.serving is not None:
             entry.failed_app_hash = app_hash  # Serve ran exactly this config and it failed

@@ -314,7 +314,13 @@ def transitions(previous: dict[str, Any] | None, current: dict[str, Any]) -> lis
         p = prev.get(ctype)
         if p is None or p.get("status") != c["status"] or p.get("reason") != c["reason"]:
             bad = (ctype == ConditionType.READY and c["status"] == "False") or (
-                ctype in (ConditionType.DEGRADED, ConditionType.AUTOSCALING_METRIC_MISSING, ConditionType.CONFLICT)
+                ctype
+                in (
+                    ConditionType.DEGRADED,
+                    ConditionType.AUTOSCALING_METRIC_MISSING,
+                    ConditionType.CONFLICT,
+                    ConditionType.ROLLED_BACK,
+                )
                 and c["status"] == "True"
             )
             out.append(
