@@ -157,6 +157,7 @@ class Rollouts:
         ):
             mem.phase, mem.reason, mem.message = "Completed", api.Reason.ROLLOUT_COMPLETE, ""
         if mem.phase is None:
+            mem.status = None
             return
         old_running, new_running = rollout.seats(p)
         new_slot = p.new or (p.serving if mem.phase == "Completed" else None)
@@ -193,6 +194,8 @@ class Rollouts:
         """status.rollout, the Progressing condition while a rollout runs, and RolledBack."""
         mem = self.memory.get(entry.key)
         if mem is None or mem.status is None:
+            if (entry.status or {}).get("rollout") is not None:
+                status["rollout"] = None  # a merge patch removes it: no rollout since (e.g. undone)
             return
         status["rollout"] = mem.status
         conditions = status.setdefault("conditions", [])
