@@ -91,6 +91,9 @@ class Slot:
     config: dict[str, Any] | None = None
     replica_ids: tuple[str, ...] = ()
     worker_ids: tuple[str, ...] = ()
+    # Serve lists the deployment (and so its replicas): while it rebuilds an application after a
+    # PUT it may list none, and the replica counts above then mean nothing.
+    listed: bool = True
 
 
 def observe(details: dict[str, Any], name: str, deployment: str) -> Slot:
@@ -120,6 +123,7 @@ def observe(details: dict[str, Any], name: str, deployment: str) -> Slot:
         config=config,
         replica_ids=tuple(str(r.get("replica_id")) for r in replicas if r.get("replica_id")),
         worker_ids=tuple(str(r.get("worker_id")) for r in replicas if r.get("worker_id")),
+        listed=bool(dep) or app.get("status") in ("DEPLOY_FAILED", "RUNNING"),
     )
 
 
@@ -135,6 +139,8 @@ class Plan:
     serving: Slot | None = None  # the one slot serving when no rollout runs
     # The step's replicas are all in place: the analysis may judge it (and its verdict moves it on).
     step_done: bool = False
+    # Serve does not list an application's replicas right now: change nothing, report as before.
+    hold: bool = False
 
 
 def plan(
@@ -154,6 +160,9 @@ def plan(
     live = [i for i in (0, 1) if slots[i].exists]
     if not live:
         return Plan(apps={slots[0].name: with_replicas(desired[0], max(1, replicas))})
+    unlisted = [slots[i] for i in live if not slots[i].listed and not slots[i].deleting]
+    if unlisted:  # Serve is rebuilding an application: decide once it lists its replicas again
+        return Plan(hold=True)
     if len(live) == 1:
         i = live[0]
         s = slots[i]
@@ -164,7 +173,8 @@ def plan(
         if want == blocked:  # rolled back: the old version runs at full size until the spec changes
             assert s.config is not None
             return Plan(apps={s.name: with_replicas(s.config, max(1, replicas))}, phase="RolledBack", serving=s)
-        if s.running == 0 or replicas <= 0:  # nothing serves: replace in place, nothing to protect
+        if (s.present == 0 and s.status != "DEPLOYING") or s.status == "DEPLOY_FAILED" or replicas <= 0:
+            # nothing serves (failed, or scaled to zero): replace in place, nothing to protect
             return Plan(apps={s.name: with_replicas(desired[i], max(1, replicas))}, serving=s)
         j = 1 - i
         return _step(s, Slot(slots[j].name), desired[j], replicas, surge, drain, "continue")

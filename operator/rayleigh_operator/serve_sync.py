@@ -129,6 +129,8 @@ class ServeSync:
         p = rollout.plan(
             slots, (app0, app1), md.spec.replicas, surge=surge, drain=drain, verdict=verdict, blocked=mem.blocked
         )
+        if p.hold:
+            return entry.serve_state or serve_client.app_state(details, app_name, DEPLOYMENT_NAME)
         self.rollouts.observe(entry, md, want, p)
         by_name = {s.name: s for s in slots}
         changes = {

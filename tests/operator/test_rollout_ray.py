@@ -39,7 +39,7 @@ from tests.plugins.common import EXAMPLES_DIR, REPO_ROOT
 from tests.plugins.kube import Kube, OperatorProcess, wait_for
 from tests.plugins.prometheus_server import prometheus
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
 NAME = "roll"
 APPS = ("roll-op", "roll-op-b")
