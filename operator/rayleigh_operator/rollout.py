@@ -123,7 +123,7 @@ def observe(details: dict[str, Any], name: str, deployment: str) -> Slot:
         config=config,
         replica_ids=tuple(str(r.get("replica_id")) for r in replicas if r.get("replica_id")),
         worker_ids=tuple(str(r.get("worker_id")) for r in replicas if r.get("worker_id")),
-        listed=bool(dep) or app.get("status") in ("DEPLOY_FAILED", "RUNNING"),
+        listed=bool(dep) or app.get("status") == "DEPLOY_FAILED",
     )
 
 

@@ -43,7 +43,10 @@ class ServeModel:
             out[name] = {
                 "status": a["status"],
                 "deployed_app_config": a["config"],
-                "deployments": {
+                # Serve lists no deployment while it rebuilds an application after a PUT.
+                "deployments": {}
+                if rebuilding
+                else {
                     "D": {"replicas": [{"state": s, "replica_id": f"{name}{i}"} for i, s in enumerate(a["replicas"])]}
                 },
             }
@@ -56,6 +59,8 @@ class ServeModel:
                     self.apps[name]["status"] = "DELETING"
                 continue
             a = self.apps.setdefault(name, {"replicas": [], "status": "DEPLOYING", "config": None})
+            if a["config"] == cfg:
+                continue  # the operator pushes only what differs
             if a["config"] is not None and rollout.revision(a["config"]) != rollout.revision(cfg):
                 a["replicas"] = ["STOPPING" for _ in a["replicas"]]
             a["config"] = copy.deepcopy(cfg)
@@ -104,7 +109,8 @@ def drive(
     """Run the plan until nothing changes; the most replicas seen at once, and the phases."""
     most, phases = 0, []
     for _ in range(rounds):
-        slots = tuple(rollout.observe(serve.details(), name, "D") for name in NAMES)
+        details = serve.details()
+        slots = tuple(rollout.observe(details, name, "D") for name in NAMES)
         desired = (app(NAMES[0], version, n), app(NAMES[1], version, n))
         p = rollout.plan(slots, desired, n, surge=surge, drain=drain, verdict=verdict, blocked=blocked)  # type: ignore[arg-type]
         phases.append(p.phase)
