@@ -106,8 +106,8 @@ class Rollouts:
             return "wait"
         key = (old.target, new.target)
         if mem.step_key != key or not (new.running >= new.target and old.present <= old.target):
-            if mem.step_key != key:
-                mem.step_key, mem.step_since = key, time.monotonic()
+            # The step is not in place yet: its window starts once it is.
+            mem.step_key, mem.step_since = key, time.monotonic()
             return "wait"
         settings = md.spec.rollout.analysis
         if not settings.enabled or self.prometheus is None:
