@@ -67,7 +67,13 @@ def doc(**spec: Any) -> dict[str, Any]:
         "maxSurge": 0,
         "maxUnavailable": 1,
         # Short windows for the test; TTFT on a shared 2-core machine varies too much to compare.
-        "analysis": {"intervalSeconds": 6, "minRequests": 4, "maxTtftRatio": 50, "failureLimit": 1},
+        "analysis": {
+            "intervalSeconds": 8,
+            "minRequests": 2,
+            "maxTtftRatio": 50,
+            "failureLimit": 1,
+            "inconclusiveLimit": 20,
+        },
     }
     for path, value in spec.items():
         section, key = path.split("__")
