@@ -289,7 +289,7 @@ WARNING_PHASES = {Phase.FAILED, Phase.DEGRADED}
 
 
 # Conditions independent of the phase: a change of theirs is posted even with a phase change.
-_OWN_EVENT = frozenset({ConditionType.CONFLICT})
+_OWN_EVENT = frozenset({ConditionType.CONFLICT, ConditionType.ROLLED_BACK})
 
 
 def transitions(previous: dict[str, Any] | None, current: dict[str, Any]) -> list[Transition]:
