@@ -208,7 +208,8 @@ def harness(kube: Kube, serving_stack: Any, tmp_path_factory: pytest.TempPathFac
             for t in threads:
                 t.start()
             apply(kube, doc())
-            wait_for(lambda: kube.get("md", NAME), 30, what="the ModelDeployment")
+            for child in ("head", "workers"):
+                wait_for(lambda c=child: kube.get("deployment", f"{NAME}-{c}"), 60, what=f"the {child} Deployment")  # type: ignore[misc]
             kube.set_deployment_ready(f"{NAME}-head", 1)
             kube.set_deployment_ready(f"{NAME}-workers", 2)
             wait_for(
