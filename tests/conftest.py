@@ -12,6 +12,7 @@ pytest_plugins = [
         "tests.plugins.common",
         "tests.plugins.redis_server",
         "tests.plugins.serving_stack",
+        "tests.plugins.adapter_stores",
         "tests.plugins.kube",
     )
     if importlib.util.find_spec(name) is not None

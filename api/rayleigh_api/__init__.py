@@ -23,6 +23,7 @@ from rayleigh_api.base import (
     MODEL_NAME_PATTERN,
     PLURAL,
     QUANTITY_PATTERN,
+    S3_ENDPOINT_PATTERN,
     SHORT_NAMES,
     SINGULAR,
     SOURCE_PATTERN,
@@ -32,7 +33,7 @@ from rayleigh_api.base import (
     Rule,
 )
 from rayleigh_api.gateway_spec import Fairness, GatewayAuth, GatewaySpec, JwtAlgorithm, JwtAuth, RateLimits, TrafficSpec
-from rayleigh_api.model_spec import Adapter, EngineSpec, ModelSpec, RopeScaling, SecretKeyRef
+from rayleigh_api.model_spec import Adapter, EngineSpec, ModelSpec, RopeScaling, S3Options, SecretKeyRef
 from rayleigh_api.resource import ModelDeployment, ModelDeploymentSpec
 from rayleigh_api.status import (
     FAILED_REASONS,
@@ -71,6 +72,7 @@ __all__ = [
     "MODEL_NAME_PATTERN",
     "PLURAL",
     "QUANTITY_PATTERN",
+    "S3_ENDPOINT_PATTERN",
     "SHORT_NAMES",
     "SINGULAR",
     "SOURCE_PATTERN",
@@ -104,6 +106,7 @@ __all__ = [
     "RolloutStatus",
     "RopeScaling",
     "Rule",
+    "S3Options",
     "SecretKeyRef",
     "ServingSpec",
     "Toleration",

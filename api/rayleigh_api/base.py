@@ -23,9 +23,15 @@ CATEGORIES = ["rayleigh"]
 # A model or adapter source: a Hugging Face repo, a path on a PersistentVolumeClaim, an S3 prefix,
 # or (local mode only) a directory on this machine.
 SOURCE_PATTERN = r"^(hf://[A-Za-z0-9][\w.\-]*/[\w.\-]+|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file://.+)$"
-# LoRA adapters are loaded from a path on the replica: a mounted PersistentVolumeClaim, or (local
-# mode) a local directory. Downloading adapters from the Hub or S3 is not supported yet.
-ADAPTER_SOURCE_PATTERN = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|file://.+)$"
+# A LoRA adapter's source: a Hugging Face repo (optionally pinned, hf://org/name@revision), an S3
+# prefix, a path on a PersistentVolumeClaim, or (local mode) a directory; hf:// and s3:// adapters
+# are downloaded by the replica itself when they are added (rayleigh_serving.adapters).
+ADAPTER_SOURCE_PATTERN = (
+    r"^(hf://[A-Za-z0-9][\w.\-]*/[\w.\-]+(@[\w.\-/]+)?|s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?"
+    r"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|file://.+)$"
+)
+# An S3-compatible store's endpoint (MinIO, Ceph RGW, R2...): scheme, host, optional port and path.
+S3_ENDPOINT_PATTERN = r"^https?://[A-Za-z0-9.\-\[\]:]+(/.*)?$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # Served model names follow OpenAI's loose conventions: "Qwen/Qwen2.5-7B-Instruct", "tiny-qwen:lora".
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/\-]{0,127}$"
@@ -51,6 +57,9 @@ DENIED_EXTRA_ARGS = [
     "kv-cache-dtype",
     "enable-lora",
     "lora-modules",
+    "max-loras",
+    "max-lora-rank",
+    "max-cpu-loras",
     "api-key",
     "ssl-keyfile",
     "ssl-certfile",

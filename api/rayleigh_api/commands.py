@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
+from rayleigh_api import cold_start, planner
 from rayleigh_api import crd as crd_module
-from rayleigh_api import planner
 from rayleigh_api.loading import load_model_deployment, load_yaml_documents
 from rayleigh_api.resource import ModelDeployment
 from rayleigh_api.traffic import split_warnings
@@ -86,9 +86,17 @@ def validate(files: tuple[str, ...]) -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="The model's config.json, for models the built-in table does not know.",
 )
+@click.option(
+    "--load-bandwidth",
+    default="1GiB",
+    show_default=True,
+    help="Bytes per second the weights load at, for the cold start estimate (local NVMe: more; a network "
+    "volume or a download: less).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan(file: str, gpu_memory: str, config_path: Path | None, as_json: bool) -> None:
-    """Estimate GPU memory for a ModelDeployment: weights, KV cache per token, tokens that fit.
+def plan(file: str, gpu_memory: str, config_path: Path | None, load_bandwidth: str, as_json: bool) -> None:
+    """Estimate GPU memory for a ModelDeployment: weights, KV cache per token, tokens that fit, and
+    the expected cold start of a replica (scale to zero).
 
     Exits 2 when the model does not fit, with the changes that would make it fit.
     """
@@ -101,6 +109,9 @@ def plan(file: str, gpu_memory: str, config_path: Path | None, as_json: bool) ->
             arch = planner.Architecture.from_config(json.loads(config_path.read_text()))
             origin = str(config_path)
         result = planner.plan(md, memory, architecture=arch, origin=origin, base_dir=Path.cwd())
+        cold = cold_start.estimate(
+            result.weight_bytes_per_gpu * result.gpus_per_replica, planner.parse_size(load_bandwidth)
+        )
     except SpecError as err:
         for p in err.problems:
             click.echo(f"{file}: {p}", err=True)
@@ -121,12 +132,14 @@ def plan(file: str, gpu_memory: str, config_path: Path | None, as_json: bool) ->
                     "fits": result.fits,
                     "reasons": result.reasons,
                     "suggestions": result.suggestions,
+                    "coldStart": cold.as_json(),
                 },
                 indent=2,
             )
         )
     else:
         click.echo(planner.format_plan(result))
+        click.echo(f"cold start (estimate)  {cold.describe()}")
     if not result.fits:
         sys.exit(2)
 

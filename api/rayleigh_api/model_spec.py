@@ -10,6 +10,7 @@ from rayleigh_api.base import (
     ADAPTER_SOURCE_PATTERN,
     DENY_REGEX,
     MODEL_NAME_PATTERN,
+    S3_ENDPOINT_PATTERN,
     SOURCE_PATTERN,
     ApiModel,
     ExtraArg,
@@ -182,6 +183,19 @@ class EngineSpec(ApiModel):
     max_num_batched_tokens: int | None = Field(
         default=None, ge=1, le=1048576, description="Most tokens processed in one step (chunked prefill budget)."
     )
+    max_loras: int | None = Field(
+        default=None,
+        ge=1,
+        le=32,
+        description="LoRA adapters one batch can mix (vLLM max_loras); default 4 while spec.adapters is not "
+        "empty. Setting it keeps LoRA on even with no adapters, so that the first adapter added loads "
+        "without restarting the replicas. Changing it restarts them.",
+    )
+    max_lora_rank: Literal[8, 16, 32, 64, 128, 256, 320, 512] = Field(
+        default=16,
+        description="Highest LoRA rank an adapter may have (vLLM max_lora_rank); an adapter of a higher rank "
+        "fails to load. Changing it restarts the replicas.",
+    )
     extra_args: list[ExtraArg] = Field(
         default_factory=list,
         max_length=32,
@@ -190,11 +204,60 @@ class EngineSpec(ApiModel):
     )
 
 
+class S3Options(ApiModel):
+    """Where an s3:// adapter's bucket lives, when it is not AWS S3's default for the pods."""
+
+    endpoint: str | None = Field(
+        default=None,
+        max_length=512,
+        pattern=S3_ENDPOINT_PATTERN,
+        description="URL of an S3-compatible store (MinIO, Ceph RGW, Cloudflare R2...), e.g. "
+        "'http://minio.storage:9000'. Unset: AWS S3.",
+    )
+    region: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=r"^[a-z0-9][a-z0-9\-]*$",
+        description="Region to sign requests for (e.g. 'eu-west-1'). Unset: the pods' AWS_REGION, else us-east-1.",
+    )
+
+
 class Adapter(ApiModel):
+    """A LoRA adapter served as an extra model name on the same replicas.
+
+    Adding or removing an adapter loads or unloads it on the running replicas (no restart)."""
+
+    RULES: ClassVar[list[Rule]] = [
+        Rule(
+            "!has(self.secretRef) || self.source.startsWith('hf://') || self.source.startsWith('s3://')",
+            "secretRef holds download credentials and needs an hf:// or s3:// source; remove it or change source",
+            field_path=".secretRef",
+        ),
+        Rule(
+            "!has(self.s3) || self.source.startsWith('s3://')",
+            "s3 (endpoint, region) applies to s3:// sources only; remove it or change source",
+            field_path=".s3",
+        ),
+    ]
+
     name: str = Field(pattern=MODEL_NAME_PATTERN, description="Model name clients use to reach this adapter.")
     source: str = Field(
         max_length=1024,
         pattern=ADAPTER_SOURCE_PATTERN,
-        description="Where the LoRA adapter's weights are: 'pvc://claim/path' (mounted on every replica) or "
-        "'file:///abs/path' (local mode).",
+        description="Where the LoRA adapter's weights are: 'hf://Org/Name' or 'hf://Org/Name@revision' "
+        "(Hugging Face Hub; pin a commit in production), 's3://bucket/prefix' (S3 or an S3-compatible "
+        "store, see `s3`), 'pvc://claim/path' (mounted on every replica) or 'file:///abs/path' "
+        "(local mode). hf:// and s3:// adapters are downloaded by each replica when added.",
     )
+    secret_ref: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Secret (in this namespace) with the download credentials: key 'token' (a Hugging Face "
+        "token) for hf://; keys 'AWS_ACCESS_KEY_ID' and 'AWS_SECRET_ACCESS_KEY' (and optionally "
+        "'AWS_SESSION_TOKEN') for s3://. Mounted read-only into the Ray pods: naming a Secret no other "
+        "adapter names adds a mount, which restarts the pods once. Unset: the pods' own credentials "
+        "(HF_TOKEN from model.tokenSecretRef, the pod's AWS identity).",
+    )
+    s3: S3Options | None = Field(default=None, description="Endpoint and region of an s3:// source.")

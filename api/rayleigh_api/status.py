@@ -103,6 +103,17 @@ class ColdStart(ApiModel):
     requested_at: str = Field(description="When the wake signal arrived (RFC 3339).")
     ready_at: str = Field(description="When a replica served again (RFC 3339).")
     seconds: float = Field(description="readyAt - requestedAt, in seconds.")
+    workers_ready_seconds: float | None = Field(
+        default=None,
+        description="From the wake to the first worker pod ready: scheduled, started and joined to the Ray "
+        "cluster (its readiness probe).",
+    )
+    model_loaded_seconds: float | None = Field(
+        default=None,
+        description="From the wake to the first Serve replica running: vLLM loaded the model (absent while the "
+        "Ray dashboard cannot be read). The first token is measured at the gateway "
+        "(rayleigh_gateway_cold_start_hold_seconds).",
+    )
 
 
 class RolloutAnalysisStatus(ApiModel):

@@ -9,7 +9,27 @@ forming one split, not who would win.
 
 from __future__ import annotations
 
+import datetime
+import math
+
 from rayleigh_api.resource import ModelDeployment
+
+
+def age_order(created: datetime.datetime | str | None, namespace: str, name: str) -> tuple[float, str, str]:
+    """Who is older when several objects claim one model name: by creation time (missing or
+    unreadable: the newest), ties by namespace/name. The gateway (`served_routes`) and the operator
+    (`route_plan`) both sort by this key, so they drop the same claims."""
+    stamp = created
+    if isinstance(stamp, str):
+        try:
+            stamp = datetime.datetime.fromisoformat(stamp)
+        except ValueError:
+            stamp = None
+    if stamp is None:
+        return math.inf, namespace, name
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=datetime.UTC)
+    return stamp.timestamp(), namespace, name
 
 
 def _who(md: ModelDeployment) -> str:

@@ -288,7 +288,9 @@ def _loc_to_path(loc: tuple[int | str, ...]) -> str:
 
 PATTERN_HINTS = {
     api.SOURCE_PATTERN: "expected hf://org/name, pvc://claim/path, s3://bucket/prefix or file:///path",
-    api.ADAPTER_SOURCE_PATTERN: "expected pvc://claim/path or file:///path (adapters load from a path on the replica)",
+    api.ADAPTER_SOURCE_PATTERN: "expected hf://org/name[@revision], s3://bucket/prefix, pvc://claim/path or "
+    "file:///path",
+    api.S3_ENDPOINT_PATTERN: "expected an http:// or https:// URL such as 'http://minio.storage:9000'",
     api.MODEL_NAME_PATTERN: "expected a model name of letters, digits and . _ : / - (at most 128 characters)",
     api.QUANTITY_PATTERN: "expected a Kubernetes quantity such as '8', '500m' or '32Gi'",
 }

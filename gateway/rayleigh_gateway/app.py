@@ -32,7 +32,7 @@ from .audit import Recorder
 from .auth import Caller
 from .compiled import PROXIED_PATHS, Compiled, compile_config
 from .context import RequestContext
-from .errors import GatewayError, method_not_allowed, not_found
+from .errors import GatewayError, method_not_allowed, not_found, retry_after
 from .fairness import FairGates
 from .jwt_auth import JWKSCaches, JWKSFetcher, jwks_host_allowed
 from .keys import KeyStore, KeyStoreError, load_keys
@@ -308,7 +308,7 @@ def too_many_streams(cap: int) -> GatewayError:
         f"Too many concurrent streams: at most {cap} at a time for this caller; retry when one ends",
         "rate_limit_exceeded",
         "too_many_streams",
-        [(b"retry-after", b"1")],
+        [retry_after(1)],
     )
 
 

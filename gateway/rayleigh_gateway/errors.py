@@ -31,6 +31,11 @@ class GatewayError(Exception):
         self.param = param  # the request field at fault, if one is
 
 
+def retry_after(seconds: int | str) -> tuple[bytes, bytes]:
+    """The `Retry-After` header (whole seconds, RFC 9110 section 10.2.3) every refusal that may pass sends."""
+    return (b"retry-after", str(seconds).encode())
+
+
 def error_body(message: str, type_: str, code: str, param: str | None = None) -> bytes:
     return orjson.dumps({"error": {"message": message, "type": type_, "code": code, "param": param}})
 

@@ -20,7 +20,7 @@ from rayleigh_api import Fairness
 
 from . import metrics as m
 from .asgi import Receive
-from .errors import GatewayError
+from .errors import GatewayError, retry_after
 from .fairqueue import DEFAULT_PRIORITY, MAX_WEIGHT, PRIORITY_CLASSES, Entry, FairQueue
 from .keys import KeyRecord
 
@@ -50,7 +50,7 @@ def queue_full(limit: int, retry: int) -> GatewayError:
         f"The model is saturated and its queue is full ({limit} requests waiting); retry later",
         "rate_limit_exceeded",
         "queue_full",
-        [(b"retry-after", str(retry).encode())],
+        [retry_after(retry)],
     )
 
 
@@ -60,7 +60,7 @@ def queue_timeout(seconds: float, retry: int) -> GatewayError:
         f"The model is saturated: the request waited {seconds:g} s in the gateway's queue without a slot",
         "server_error",
         "queue_timeout",
-        [(b"retry-after", str(retry).encode())],
+        [retry_after(retry)],
     )
 
 

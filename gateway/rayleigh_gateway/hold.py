@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from .errors import GatewayError
+from .errors import retry_after as retry_after_header
 
 log = logging.getLogger("rayleigh.gateway.hold")
 
@@ -35,7 +36,7 @@ def cold_starting(key: str, why: str, retry_after: int) -> GatewayError:
         f"Model {key!r} is starting from zero replicas ({why}); retry in {retry_after}s",
         "upstream_error",
         "model_cold_starting",
-        [(b"retry-after", str(retry_after).encode())],
+        [retry_after_header(retry_after)],
     )
 
 
@@ -72,6 +73,7 @@ class Hold:
         self.ready_until: dict[str, float] = {}
         self.ready_for = 120.0
         self.tasks: set[asyncio.Task[None]] = set()
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # between probes (tests record it)
 
     def touch(self, key: str) -> None:
         """A request goes to `key` (a scale-to-zero model): tell the operator, at most every
@@ -150,7 +152,7 @@ class Hold:
                         if not fut.done():
                             fut.set_result(None)
                     return
-                await asyncio.sleep(delay)
+                await self.sleep(delay)
                 delay = min(cap, delay * 2)
         finally:
             if self.queues.get(key) is q and not q.waiters:

@@ -19,7 +19,7 @@ from typing import Any
 
 from rayleigh_api import RateLimits
 
-from .errors import GatewayError
+from .errors import GatewayError, retry_after
 from .keys import KeyRecord
 from .policy import ratelimit_headers
 from .ratelimit import BUCKET_PREFIX, Bucket, Decision
@@ -173,7 +173,7 @@ def rejection(hit: Bucket, decision: Decision, estimate: int) -> GatewayError:
             "per minute; lower max_tokens or the prompt",
             "rate_limit_exceeded",
             "rate_limit_exceeded",
-            [(b"retry-after", b"60"), *headers],
+            [retry_after(60), *headers],
         )
     retry = max(1, math.ceil(decision.wait_ms / 1000))
     return GatewayError(
@@ -181,5 +181,5 @@ def rejection(hit: Bucket, decision: Decision, estimate: int) -> GatewayError:
         f"Rate limit reached for {what} per minute ({scope} limit {hit.per_minute}/min); retry after {retry} s",
         "rate_limit_exceeded",
         "rate_limit_exceeded",
-        [(b"retry-after", str(retry).encode()), *headers],
+        [retry_after(retry), *headers],
     )

@@ -169,7 +169,11 @@ class Upstream:
             hold = self.hold
             if hold is not None and cr.route.scale_to_zero:
                 hold.touch(target.name)  # activity: the operator's idle window restarts
-                if cr.route.cold_start:
+                # A cold start in progress here holds every request for that backend until the probe
+                # sees it serve, even once the route's coldStart has cleared: the operator clears it
+                # at the wake, and a backend that accepts connections (Serve's proxy) but has no
+                # replica yet would queue it without the hold's bounds.
+                if cr.route.cold_start or hold.held(target.name):
                     await self._held(hold, target.name, target.base)
             t_up = time.perf_counter()
             try:

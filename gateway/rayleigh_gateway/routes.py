@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +27,7 @@ from pydantic import (
 
 from rayleigh_api import MODEL_NAME_PATTERN, Fairness, ModelDeployment, RateLimits
 from rayleigh_api.errors import FieldErrors
+from rayleigh_api.traffic import age_order
 
 from .route_auth import AuthConfig, RouteModel
 from .route_auth import JWTConfig as JWTConfig  # re-exported: jwt_auth and the tests read it here
@@ -280,9 +280,7 @@ class RouteConflict:
 
 
 def _age_key(route: Route) -> tuple[float, str, str]:
-    # Routes without createdAt count as the newest; ties by namespace/name.
-    created = route.created_at
-    return (created.timestamp() if created is not None else math.inf, route.namespace, route.name)
+    return age_order(route.created_at, route.namespace, route.name)
 
 
 def served_routes(routes: list[Route]) -> tuple[list[Route], list[RouteConflict]]:

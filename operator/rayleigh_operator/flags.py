@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import click
 
 from rayleigh_operator.render import STANDARD_LABEL_KEYS, RenderOptions
+from rayleigh_serving.ingress import INGRESS_VARIANTS, check_ingress
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -87,6 +88,14 @@ def render_flags(command: F) -> F:
             help="Ray + vLLM (CUDA build) replica image for ModelDeployments without spec.image.name and with "
             f"resources.gpus > 0 [default: {_DEFAULTS.gpu_image}]",
         ),
+        click.option(
+            "--serve-ingress",
+            type=click.Choice(INGRESS_VARIANTS),
+            default=_DEFAULTS.serve_ingress,
+            show_default=True,
+            help="How HTTP reaches the Serve replicas in the Ray pods: haproxy (Ray's HAProxy ingress, replicas "
+            "serve HTTP themselves) or proxy (Ray Serve's Python proxy actor); docs/SERVING.md",
+        ),
         click.option("--gateway-namespace", default=_DEFAULTS.gateway_namespace, show_default=True),
         click.option("--operator-namespace", default=_DEFAULTS.operator_namespace, show_default=True),
         click.option("--gcs-redis-address", default=None, help="host:port of a Redis for Ray GCS fault tolerance."),
@@ -136,6 +145,7 @@ def options_from_flags(
     *,
     image: str | None = None,
     gpu_image: str | None = None,
+    serve_ingress: str = _DEFAULTS.serve_ingress,
     gateway_namespace: str = _DEFAULTS.gateway_namespace,
     operator_namespace: str = _DEFAULTS.operator_namespace,
     gcs_redis_address: str | None = None,
@@ -154,6 +164,7 @@ def options_from_flags(
         gcs_redis_password_secret=gcs_redis_password_secret,
         podmonitor_labels=dict(podmonitor_labels),
         metrics_namespaces=tuple(metrics_namespaces),
+        serve_ingress=check_ingress(serve_ingress),
     )
     if gateway := dict(gateway_pod_labels):
         options = dataclasses.replace(options, gateway_pod_labels=gateway)

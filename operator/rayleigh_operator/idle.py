@@ -53,6 +53,7 @@ class IdleScaler:
         self.started = clock()
         self.last_activity: dict[tuple[str, str], float] = {}
         self.wake_requested: dict[tuple[str, str], tuple[float, str]] = {}  # monotonic, RFC 3339
+        self.wake_phases: dict[tuple[str, str], dict[str, float]] = {}  # phase -> seconds since the wake
         self.scaled_to_zero: dict[tuple[str, str], tuple[str, str]] = {}  # reason, message
         self.last_cold_start: dict[tuple[str, str], dict[str, Any]] = {}
 
@@ -85,7 +86,8 @@ class IdleScaler:
         """Scale idle objects to zero; record finished cold starts. Called from the tracker loop."""
         now = self.clock()
         entries = self.tracked.entries
-        for state in (self.last_activity, self.wake_requested, self.scaled_to_zero, self.last_cold_start):
+        states = (self.last_activity, self.wake_requested, self.wake_phases, self.scaled_to_zero, self.last_cold_start)
+        for state in states:
             for gone in [k for k in state if k not in entries]:  # deleted objects
                 del state[gone]
         for key, entry in list(entries.items()):
@@ -97,14 +99,10 @@ class IdleScaler:
                 # Never served after the wake (e.g. the model fails to load): the idle window runs again.
                 log.warning("%s/%s: no replica %ds after the wake", entry.namespace, entry.name, GIVE_UP_SECONDS)
                 del self.wake_requested[key]
+                self.wake_phases.pop(key, None)
             st = entry.serve_state  # with Serve's view: a running replica (model loaded), not just a pod
-            serving = entry.workers_ready >= 1 and (st is None or st.running_replicas >= 1)
-            if key in self.wake_requested and serving:
-                t0, requested_at = self.wake_requested.pop(key)
-                seconds = round(now - t0, 3)
-                metrics.COLD_START_SECONDS.observe(seconds)
-                self.last_cold_start[key] = {"requestedAt": requested_at, "readyAt": _now(), "seconds": seconds}
-                log.info("%s/%s: cold start took %.1fs", entry.namespace, entry.name, seconds)
+            if key in self.wake_requested:
+                self._record(entry, now, st.running_replicas if st is not None else None)
             last = self.last_activity.get(key, self.started)
             if entry.md.spec.replicas >= 1 and now - last >= window and key not in self.wake_requested:
                 log.info("%s/%s: no request for %ds: replicas -> 0", entry.namespace, entry.name, window)
@@ -116,6 +114,26 @@ class IdleScaler:
                 self.last_activity[key] = now
                 metrics.SCALE_TO_ZERO.labels("down").inc()
                 self.scaled_to_zero[key] = (api.Reason.IDLE, f"no request for {window}s: scaled to zero")
+
+    def _record(self, entry: Entry, now: float, running: int | None) -> None:
+        """The phases of a cold start as the operator sees them, each from the wake: the first worker
+        pod ready (scheduled, started, joined the Ray cluster: its readiness probe) and the first
+        Serve replica running (vLLM loaded the model); done when both are (`running` None: the
+        dashboard cannot be read, the pod alone counts). The first token is the gateway's to see."""
+        key = entry.key
+        t0, requested_at = self.wake_requested[key]
+        phases = self.wake_phases.setdefault(key, {})
+        if entry.workers_ready >= 1:
+            phases.setdefault("workersReadySeconds", round(now - t0, 3))
+        if running is not None and running >= 1:
+            phases.setdefault("modelLoadedSeconds", round(now - t0, 3))
+        if "workersReadySeconds" not in phases or (running is not None and "modelLoadedSeconds" not in phases):
+            return
+        del self.wake_requested[key], self.wake_phases[key]
+        seconds = round(now - t0, 3)
+        metrics.COLD_START_SECONDS.observe(seconds)
+        self.last_cold_start[key] = {"requestedAt": requested_at, "readyAt": _now(), "seconds": seconds, **phases}
+        log.info("%s/%s: cold start took %.1fs (%s)", entry.namespace, entry.name, seconds, phases)
 
     def decorate(self, entry: Entry, status: dict[str, Any]) -> None:
         """Add the ScaledToZero condition and lastColdStart to a status about to be written."""
@@ -152,6 +170,20 @@ class IdleScaler:
                     if c.get("status") != ("True" if ready else "False"):
                         c["lastTransitionTime"] = condition["lastTransitionTime"]
                     c.update(status="True" if ready else "False", reason=api.Reason.IDLE.value, message=message)
+        elif key in self.wake_requested and status.get("phase") == api.Phase.DEGRADED:
+            # Woken, no replica serving yet: a cold start in progress (a worker pod, the model load),
+            # not a fault. Deploying, without a Warning event on every wake; after GIVE_UP_SECONDS
+            # without a replica the wake is dropped and Degraded shows again.
+            status["phase"] = api.Phase.DEPLOYING.value
+            wanted = {api.ConditionType.READY: "False", api.ConditionType.PROGRESSING: "True"}
+            wanted[api.ConditionType.DEGRADED] = "False"
+            for c in conditions:
+                want = wanted.get(c.get("type"))
+                if want is None:
+                    continue
+                if c.get("status") != want:
+                    c["lastTransitionTime"] = _now()
+                c.update(status=want, reason=api.Reason.WOKEN.value, message="starting from zero replicas (cold start)")
         status["conditions"] = [*conditions, condition]
         cold = self.last_cold_start.get(key) or (entry.status or {}).get("lastColdStart")
         if cold:

@@ -5,13 +5,12 @@ spec.traffic share one weighted route). Pure; `state.Tracked` keeps the claims a
 
 from __future__ import annotations
 
-import datetime
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import rayleigh_api as api
+from rayleigh_api.traffic import age_order
 
 
 def traffic_of(md: api.ModelDeployment) -> tuple[int, bool] | None:
@@ -79,18 +78,9 @@ class Share:
 
 
 def _age(claim: Claim) -> tuple[float, str, str]:
-    """Oldest first by creationTimestamp (none: newest), ties by namespace/name: the gateway's own
-    order (rayleigh_gateway.routes.served_routes), so both drop the same routes."""
-    created = math.inf
-    if claim.created:
-        try:
-            stamp = datetime.datetime.fromisoformat(claim.created)
-            if stamp.tzinfo is None:
-                stamp = stamp.replace(tzinfo=datetime.UTC)
-            created = stamp.timestamp()
-        except ValueError:
-            pass
-    return created, claim.key[0], claim.key[1]
+    """Oldest first: the gateway's own order (rayleigh_gateway.routes.served_routes uses the same
+    key), so both drop the same routes."""
+    return age_order(claim.created, claim.key[0], claim.key[1])
 
 
 def _not_a_split(claim: Claim, owner: Claim) -> str:

@@ -1,274 +1,134 @@
-"""The Ray Serve application Rayleigh runs: one deployment whose replicas serve vLLM's own OpenAI app.
+"""The Serve application builder (`import_path: rayleigh_serving.app:build_app`).
 
-Stock `ray.serve.llm.build_openai_app` puts an `OpenAiIngress` deployment in front of the
-`LLMServer` deployment: every request and every batch of streamed chunks crosses two Ray hops
-(proxy -> ingress replica -> engine replica), and chunks are held back up to 50 ms to batch them.
-Rayleigh makes the `LLMServer` replica itself the ASGI ingress (Ray's `__serve_build_asgi_app__`
-late binding) running vLLM's own FastAPI application on the engine it started:
+Serve runs the builder of every application in a fresh Ray worker (a task with `max_calls=1`)
+before it starts any replica, so whatever the builder imports is paid on every start, in series
+with the replica's own imports. Ray Serve LLM's builder (`build_llm_deployment`) imports vLLM,
+torch and transformers only to work out a deployment's options: about 10 CPU-seconds that a 2-core
+machine pays before the replica is even scheduled (docs/benchmarks/local_start.md).
 
-- one hop (proxy -> engine replica), no extra ingress replicas to schedule or keep idle;
-- vLLM's OpenAI layer does everything OpenAI: chat templates, tokenization, tool-call parsing,
-  sampling parameters, SSE, usage, `stream_options.include_usage`, OpenAI-style error JSON,
-  `/health`, and cancellation (its handlers watch the client and abort the engine request);
-- LoRA adapters are vLLM static LoRA modules, listed in `/v1/models` and selected by `model`;
-- Rayleigh adds an ASGI middleware for its own request metrics (`rayleigh_serving_*`).
-
-The Ray Serve LLM pieces it reuses: `LLMConfig`, the `LLMServer` lifecycle (engine start with
-placement groups, CPU/GPU accelerator handling, health checks) and `VLLMEngine`.
+For the configs Rayleigh writes (`rayleigh_serving.config`: CPU or GPU, tensor and pipeline
+parallel, no placement-group or data-parallel overrides), `deployment_options` computes the same
+options as Ray Serve LLM's `LLMServer.get_deployment_options` and builder defaults (a test checks
+them against Ray's for each shape), and the deployment names the replica class by import path
+(`rayleigh_serving.replica.RayleighServer`), so this module imports neither vLLM nor torch. Any
+other LLMConfig goes through Ray Serve LLM's own builder.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-import time
 from typing import Any
 
-from ray import serve
-from ray.llm._internal.serve.core.server.builder import build_llm_deployment
-from ray.llm._internal.serve.core.server.llm_server import LLMServer, _add_openai_models_retrieve_route
-from ray.serve.llm import LLMConfig
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from rayleigh_serving.config import DEPLOYMENT_NAME
-from rayleigh_serving.gauges import keep_gauges_exported
 
-# Streamed chunks are coalesced for this long after the first one (0 disables); chosen by
-# measurement (docs/benchmarks/serving_overhead.md). spec.serving.streamBatchingIntervalMs overrides.
-DEFAULT_STREAM_BATCHING_INTERVAL_MS = float(os.environ.get("RAYLEIGH_STREAM_BATCHING_INTERVAL_MS", "0"))
-# Latency buckets (seconds) for whole requests: streams of a few tokens to minutes-long generations.
-LATENCY_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]
-# Only these routes get their own label value; anything else is "other" (bounded cardinality).
-KNOWN_ROUTES = {
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/models",
-    "/health",
-    "/v1/embeddings",
-    "/tokenize",
-    "/detokenize",
-}
+# The replica class, loaded by the replica's worker (replica.py imports vLLM); Serve's form of an
+# import path for a deployment class is dotted (module.attribute), not module:attribute.
+REPLICA_IMPORT_PATH = "rayleigh_serving.replica.RayleighServer"
+# LLMConfig fields `rayleigh_serving.config.build_llm_config` writes; anything else: Ray's builder.
+_LIGHT_FIELDS = frozenset(
+    {
+        "model_loading_config",
+        "engine_kwargs",
+        "log_engine_metrics",
+        "deployment_config",
+        "experimental_configs",
+        "accelerator_config",
+        "runtime_env",
+    }
+)
+_LIGHT_DEPLOYMENT_FIELDS = frozenset(
+    {
+        "name",
+        "num_replicas",
+        "health_check_period_s",
+        "health_check_timeout_s",
+        "graceful_shutdown_timeout_s",
+        "max_ongoing_requests",
+    }
+)
+# Engine arguments that change Ray Serve LLM's deployment shape (data parallel, KV-aware routing).
+_SHAPE_ENGINE_ARGS = ("data_parallel_size", "kv_events_config")
 
 
-class RequestMetrics:
-    """Rayleigh's per-replica request metrics, exported through Ray's metrics agent.
+def deployment_options(llm_config: dict[str, Any]) -> dict[str, Any] | None:
+    """Ray Serve LLM's deployment options for an LLMConfig dict Rayleigh wrote, without vLLM.
 
-    Ray prefixes application metrics with `ray_` on its Prometheus endpoint, so these appear as
-    `ray_rayleigh_serving_*` (documented in docs/metrics/serving.md).
+    The same as `LLMServer.get_deployment_options` followed by `build_llm_deployment`'s defaults
+    and name: the placement group is one bundle per device (tensor x pipeline parallel) of the
+    accelerator, the replica actor's `{"CPU": 1, "GPU": 0}` added to the first, PACK; the runtime
+    env is the builder's own plus Ray Serve LLM's worker setup hook plus the config's. None when
+    the config is of a shape Ray decides otherwise (placement-group or accelerator overrides, TPU,
+    data parallel, KV-aware routing, actor options).
     """
+    import ray
+    from ray.llm._internal.common.dict_utils import maybe_apply_llm_deployment_config_defaults
+    from ray.llm._internal.serve.constants import (
+        DEFAULT_HEALTH_CHECK_PERIOD_S,
+        DEFAULT_HEALTH_CHECK_TIMEOUT_S,
+        DEFAULT_MAX_ONGOING_REQUESTS,
+        DEFAULT_MAX_TARGET_ONGOING_REQUESTS,
+        ENABLE_WORKER_PROCESS_SETUP_HOOK,
+    )
 
-    def __init__(self, model: str) -> None:
-        from ray.util import metrics
-
-        self.model = model
-        self.in_flight = metrics.Gauge(
-            "rayleigh_serving_requests_in_flight",
-            description="Requests this replica is processing right now (streams count until they end).",
-            tag_keys=("model", "route"),
-        )
-        self.requests = metrics.Counter(
-            "rayleigh_serving_requests",
-            description="Requests finished by this replica, by route and HTTP status code.",
-            tag_keys=("model", "route", "code"),
-        )
-        self.errors = metrics.Counter(
-            "rayleigh_serving_errors",
-            description="Requests that ended with an HTTP error status (4xx/5xx) or a mid-stream error "
-            "event or a client disconnect (code 499), by route and code.",
-            tag_keys=("model", "route", "code"),
-        )
-        self.latency = metrics.Histogram(
-            "rayleigh_serving_request_duration_seconds",
-            description="Time from request arrival at the replica to the last byte of its response.",
-            boundaries=LATENCY_BUCKETS,
-            tag_keys=("model", "route", "code"),
-        )
-        self._in_flight: dict[str, int] = {}
-
-    def start(self, route: str) -> None:
-        n = self._in_flight.get(route, 0) + 1
-        self._in_flight[route] = n
-        self.in_flight.set(n, tags={"model": self.model, "route": route})
-
-    def finish(self, route: str, code: int, seconds: float) -> None:
-        n = max(0, self._in_flight.get(route, 1) - 1)
-        self._in_flight[route] = n
-        self.in_flight.set(n, tags={"model": self.model, "route": route})
-        tags = {"model": self.model, "route": route, "code": str(code)}
-        self.requests.inc(1, tags=tags)
-        self.latency.observe(seconds, tags=tags)
-        if code >= 400:
-            self.errors.inc(1, tags=tags)
-
-
-class StreamCoalescer:
-    """Sends an SSE stream's first chunk at once, then at most one body message per interval.
-
-    Every body message a replica sends crosses Ray (replica -> proxy) on its own; at one token per
-    message that is most of Ray's per-token cost. Holding later chunks for `interval_s` merges them
-    (SSE events are self-delimiting, so concatenated bodies are still valid) without delaying the
-    first token. The last message flushes everything immediately.
-    """
-
-    def __init__(self, send: Send, interval_s: float) -> None:
-        self._send = send
-        self._interval = interval_s
-        self._buf: list[bytes] = []
-        self._last = 0.0
-        self._timer: asyncio.TimerHandle | None = None
-        self._loop = asyncio.get_running_loop()
-
-    async def __call__(self, message: Message) -> None:
-        if message["type"] != "http.response.body":
-            await self._send(message)
-            return
-        now = self._loop.time()
-        if not message.get("more_body", False):
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            body = b"".join([*self._buf, message.get("body", b"")])
-            self._buf.clear()
-            await self._send({"type": "http.response.body", "body": body, "more_body": False})
-            return
-        if not self._buf and now - self._last >= self._interval:
-            self._last = now
-            await self._send(message)
-            return
-        self._buf.append(message.get("body", b""))
-        if self._timer is None:
-            delay = max(0.0, self._interval - (now - self._last))
-            self._timer = self._loop.call_later(delay, self._schedule_flush)
-
-    def _schedule_flush(self) -> None:
-        self._timer = None
-        if self._buf:
-            body = b"".join(self._buf)
-            self._buf.clear()
-            self._last = self._loop.time()
-            self._loop.create_task(self._flush(body))
-
-    async def _flush(self, body: bytes) -> None:
-        await self._send({"type": "http.response.body", "body": body, "more_body": True})
-
-
-class MetricsMiddleware:
-    """Counts in-flight requests, latency and errors (including errors inside an SSE stream), and
-    coalesces streamed chunks when a batching interval is set."""
-
-    def __init__(self, app: ASGIApp, *, metrics: RequestMetrics, stream_interval_s: float = 0.0) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.stream_interval_s = stream_interval_s
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path = scope.get("path", "")
-        route = path if path in KNOWN_ROUTES else "other"
-        start = time.monotonic()
-        status = 500
-        stream_error = False
-        finished = False
-        out: Send = send
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status, stream_error, finished, out
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-                if self.stream_interval_s > 0 and any(
-                    k.lower() == b"content-type" and v.startswith(b"text/event-stream")
-                    for k, v in message.get("headers", [])
-                ):
-                    out = StreamCoalescer(send, self.stream_interval_s)
-            elif message["type"] == "http.response.body":
-                body = message.get("body", b"")
-                # vLLM reports an engine error inside a stream as an SSE event with an "error" key.
-                if status == 200 and body.startswith(b'data: {"error"'):
-                    stream_error = True
-                if not message.get("more_body", False):
-                    finished = True
-            await out(message)
-
-        self.metrics.start(route)
-        try:
-            await self.app(scope, receive, send_wrapper)
-        except BaseException:
-            # Cancelled (client went away) or crashed before the response ended.
-            status = 499 if status == 200 or not finished else status
-            raise
-        finally:
-            code = 500 if stream_error and status == 200 else status
-            if not finished and code < 400:
-                code = 499
-            self.metrics.finish(route, code, time.monotonic() - start)
-
-
-def _lora_module_paths(engine_kwargs: dict[str, Any]) -> None:
-    """vLLM's frontend wants LoRAModulePath objects; the Serve config carries plain dicts."""
-    modules = engine_kwargs.get("lora_modules")
-    if not modules:
-        return
-    from vllm.entrypoints.openai.models.protocol import LoRAModulePath
-
-    engine_kwargs["lora_modules"] = [m if isinstance(m, LoRAModulePath) else LoRAModulePath(**m) for m in modules]
-
-
-class RayleighLLMServer(LLMServer):  # type: ignore[misc]
-    """Ray Serve LLM's LLMServer, serving vLLM's OpenAI app directly as the Serve ingress."""
-
-    async def __init__(self, llm_config: LLMConfig | dict[str, Any]) -> None:  # type: ignore[misc]
-        if isinstance(llm_config, dict):
-            llm_config = LLMConfig.model_validate(llm_config)
-        # Before the engine creates vLLM's gauges: idle gauges must stay exported (see gauges.py).
-        keep_gauges_exported()
-        _lora_module_paths(llm_config.engine_kwargs)
-        # The builder cached an engine config with the plain dicts: derive it again.
-        llm_config._engine_config = None
-        await super().__init__(llm_config)
-
-    async def __serve_build_asgi_app__(self) -> Any:
-        assert self.engine is not None, "the engine starts in __init__"
-        app = await self.engine.build_asgi_app()
-        _add_openai_models_retrieve_route(app, self._llm_config)
-        metrics = RequestMetrics(self._llm_config.model_id)
-        interval_ms = self._llm_config.experimental_configs.get("stream_batching_interval_ms")
-        engine_client = getattr(self.engine, "_engine_client", None)
-
-        @app.get("/rayleigh/stats")
-        async def _stats() -> dict[str, Any]:
-            """This replica's live counts: HTTP requests in flight and requests alive in the engine."""
-            engine_requests = None
-            if engine_client is not None and hasattr(engine_client, "output_processor"):
-                engine_requests = engine_client.output_processor.get_num_unfinished_requests()
-            return {
-                "model": self._llm_config.model_id,
-                "http_requests_in_flight": sum(metrics._in_flight.values()),
-                "engine_requests": engine_requests,
-            }
-
-        # vLLM's build_app builds its middleware stack eagerly: reset it so ours is included.
-        app.middleware_stack = None
-        app.add_middleware(
-            MetricsMiddleware,
-            metrics=metrics,
-            stream_interval_s=(DEFAULT_STREAM_BATCHING_INTERVAL_MS if interval_ms is None else interval_ms) / 1000,
-        )
-        return app
+    if not set(llm_config) <= _LIGHT_FIELDS:
+        return None
+    deployment_config = dict(llm_config.get("deployment_config") or {})
+    if not set(deployment_config) <= _LIGHT_DEPLOYMENT_FIELDS:
+        return None
+    accelerator = llm_config.get("accelerator_config") or {"kind": "gpu"}
+    if set(accelerator) != {"kind"} or accelerator["kind"] not in ("cpu", "gpu"):
+        return None
+    engine_kwargs = llm_config.get("engine_kwargs") or {}
+    if any(engine_kwargs.get(k) not in (None, 1) for k in _SHAPE_ENGINE_ARGS):
+        return None
+    devices = int(engine_kwargs.get("tensor_parallel_size", 1)) * int(engine_kwargs.get("pipeline_parallel_size", 1))
+    device_bundle = {"CPU": 1} if accelerator["kind"] == "cpu" else {"GPU": 1}
+    replica_bundle = {"CPU": 1, "GPU": 0}
+    first = {
+        k: device_bundle.get(k, 0) + replica_bundle.get(k, 0) for k in device_bundle.keys() | replica_bundle.keys()
+    }
+    # Inside Serve's build task Ray is up; elsewhere (tests, a script) asking would start a Ray.
+    runtime_env = dict(ray.get_runtime_context().runtime_env) if ray.is_initialized() else {}
+    if ENABLE_WORKER_PROCESS_SETUP_HOOK:
+        runtime_env["worker_process_setup_hook"] = "ray.llm._internal.serve._worker_process_setup_hook"
+    runtime_env.update(llm_config.get("runtime_env") or {})
+    options = {
+        **deployment_config,
+        "placement_group_bundles": [first] + [dict(device_bundle) for _ in range(devices - 1)],
+        "placement_group_strategy": "PACK",
+        "ray_actor_options": {"runtime_env": runtime_env},
+        "name": deployment_config.get("name", DEPLOYMENT_NAME),
+    }
+    defaults = {
+        "max_ongoing_requests": DEFAULT_MAX_ONGOING_REQUESTS,
+        "health_check_period_s": DEFAULT_HEALTH_CHECK_PERIOD_S,
+        "health_check_timeout_s": DEFAULT_HEALTH_CHECK_TIMEOUT_S,
+        "autoscaling_config": {"target_ongoing_requests": DEFAULT_MAX_TARGET_ONGOING_REQUESTS},
+    }
+    merged: dict[str, Any] = maybe_apply_llm_deployment_config_defaults(defaults, options)
+    return merged
 
 
 def build_app(args: dict[str, Any]) -> Any:
-    """Serve application builder (`import_path: rayleigh_serving.app:build_app`).
-
-    `args` is the application's `args` from the Serve config: `{"llm_config": {...}}`.
-    """
+    """Serve application builder: `args` is the application's `args` from the Serve config,
+    `{"llm_config": {...}}` (see rayleigh_serving.config)."""
     if "llm_config" not in args:
         raise ValueError("rayleigh_serving.app:build_app needs args.llm_config (see rayleigh_serving.config)")
-    cfg = LLMConfig.model_validate(args["llm_config"])
-    server_cls = serve.ingress()(RayleighLLMServer)
+    llm_config = args["llm_config"]
+    options = deployment_options(llm_config) if isinstance(llm_config, dict) else None
+    if options is not None:
+        from ray import serve
+
+        # Serve loads a deployment given as an import path in the replica (ReplicaConfig takes a str).
+        return serve.deployment(**options)(REPLICA_IMPORT_PATH).bind(llm_config=llm_config)  # type: ignore[arg-type]
+    # Any other shape: Ray Serve LLM's own builder (imports vLLM here).
+    from ray.llm._internal.serve.core.server.builder import build_llm_deployment
+    from ray.serve.llm import LLMConfig
+
+    from rayleigh_serving.replica import RayleighServer
+
+    cfg = LLMConfig.model_validate(llm_config)
     return build_llm_deployment(
         cfg,
-        deployment_cls=server_cls,
+        deployment_cls=RayleighServer,
         override_serve_options={"name": cfg.deployment_config.get("name", DEPLOYMENT_NAME)},
     )

@@ -285,8 +285,21 @@ def up(
         _print_ready(base_url, model, md.served_models(), key, how, elapsed, ray, phases.summary())
         if exit_after_ready:
             return
-        while True:
-            time.sleep(3600)
+        reloader = None
+        if ray is not None:
+            from rayleigh_serving.spec_reload import SpecReloader
+
+            reloader = SpecReloader(
+                path,
+                deploy=ray.deploy,
+                build=lambda m: build_serve_config(m, local_base=base, http_host="127.0.0.1", http_port=serve_port),
+                on_model=gw.write_routes if gw is not None else None,
+                say=_say,
+            )
+        while True:  # edits of the YAML file are applied (adapters load without a restart)
+            time.sleep(1)
+            if reloader is not None:
+                reloader.poll()
     except KeyboardInterrupt:
         pass
     except (RuntimeError, TimeoutError, OSError) as e:

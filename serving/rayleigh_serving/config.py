@@ -14,6 +14,8 @@ Mapping (spec field -> vLLM engine argument, all under the LLMConfig's `engine_k
   model.dtype               -> dtype
   model.maxModelLen         -> max_model_len
   model.ropeScaling         -> hf_overrides.rope_parameters {rope_type, factor, original_max_position_embeddings}
+                               (merged into the model's own by the replica: hf_overrides.py), and for
+                               yarn hf_overrides.max_position_embeddings = factor x original
   model.chatTemplate        -> chat_template (inline Jinja)
   engine.tensorParallelSize -> tensor_parallel_size
   engine.pipelineParallelSize -> pipeline_parallel_size
@@ -23,8 +25,10 @@ Mapping (spec field -> vLLM engine argument, all under the LLMConfig's `engine_k
   engine.maxNumSeqs         -> max_num_seqs
   engine.maxNumBatchedTokens -> max_num_batched_tokens
   engine.extraArgs          -> the named argument ('--foo-bar=1' -> foo_bar: 1)
-  adapters[]                -> enable_lora, max_loras, max_lora_rank, lora_modules [{name, path}]
-  replicas                  -> deployment_config.num_replicas
+  adapters[]                -> the LLMServer deployment's user_config (adapter_sources.py): loaded and
+                               unloaded on live replicas by reconfigure(), never a restart
+  adapters[] non-empty, or engine.maxLoras -> enable_lora, max_loras, max_lora_rank, max_cpu_loras
+  replicas                  -> deployment_config.num_replicas (0: autoscaling_config 0..1 from 0)
   serving.maxOngoingRequests -> deployment_config.max_ongoing_requests
   serving.streamBatchingIntervalMs -> experimental_configs.stream_batching_interval_ms
   resources.gpus == 0       -> accelerator_config {kind: cpu}, enforce_eager, VLLM_TARGET_DEVICE=cpu
@@ -41,9 +45,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rayleigh_api.errors import FieldErrors
+from rayleigh_serving.adapter_sources import AdapterSourceError, adapter_specs, adapters_user_config, lora_engine_kwargs
 
 if TYPE_CHECKING:
     from rayleigh_api import ModelDeployment
+    from rayleigh_api.model_spec import RopeScaling
 
 # The Serve application builder the config points at (runs inside the Ray cluster).
 IMPORT_PATH = "rayleigh_serving.app:build_app"
@@ -53,8 +59,6 @@ PVC_MOUNT_ROOT = "/mnt/rayleigh/pvc"
 HF_CACHE_DIR = "/mnt/rayleigh/hf-cache"
 # The Serve deployment name of the model replicas (one deployment per application).
 DEPLOYMENT_NAME = "LLMServer"
-# Highest LoRA rank vLLM accepts; adapters are loaded with the rank the caller gives (default 16).
-LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 # Health checks: vLLM's check is cheap, but a replica busy with a burst can be slow to answer on a
 # loaded CPU; three misses in a row (period x 3) before Serve restarts it. Model loading happens in
 # the constructor, which Serve never health-checks (startup is probed separately: the replica is
@@ -159,9 +163,24 @@ def parse_extra_args(extra_args: list[str]) -> tuple[dict[str, Any], list[tuple[
     return out, problems
 
 
-def engine_kwargs_for(
-    md: ModelDeployment, *, local_base: Path | None = None, max_lora_rank: int = 16
-) -> dict[str, Any]:
+def rope_overrides(rope: RopeScaling) -> dict[str, Any]:
+    """`hf_overrides` for spec.model.ropeScaling (the replica merges them into the model's config).
+
+    vLLM extends the context by `factor` for linear and dynamic scaling, but reads YaRN's
+    `max_position_embeddings` as the already scaled length (as Transformers' YaRN does): for 'yarn'
+    it is set to factor x originalMaxPositionEmbeddings, or the engine would keep the model's own
+    limit and refuse a maxModelLen beyond it.
+    """
+    params: dict[str, Any] = {"rope_type": rope.type, "factor": rope.factor}
+    out: dict[str, Any] = {"rope_parameters": params}
+    if rope.original_max_position_embeddings is not None:
+        params["original_max_position_embeddings"] = rope.original_max_position_embeddings
+        if rope.type == "yarn":
+            out["max_position_embeddings"] = int(rope.factor * rope.original_max_position_embeddings)
+    return out
+
+
+def engine_kwargs_for(md: ModelDeployment, *, local_base: Path | None = None) -> dict[str, Any]:
     """The vLLM engine (and frontend) keyword arguments for a ModelDeployment's spec."""
     spec = md.spec
     model, engine = spec.model, spec.engine
@@ -181,10 +200,7 @@ def engine_kwargs_for(
     if model.max_model_len is not None:
         kw["max_model_len"] = model.max_model_len
     if model.rope_scaling is not None:
-        rope: dict[str, Any] = {"rope_type": model.rope_scaling.type, "factor": model.rope_scaling.factor}
-        if model.rope_scaling.original_max_position_embeddings is not None:
-            rope["original_max_position_embeddings"] = model.rope_scaling.original_max_position_embeddings
-        kw["hf_overrides"] = {"rope_parameters": rope}
+        kw["hf_overrides"] = rope_overrides(model.rope_scaling)
     if model.chat_template:
         kw["chat_template"] = model.chat_template
     if engine.max_num_seqs is not None:
@@ -196,30 +212,7 @@ def engine_kwargs_for(
         kw["enforce_eager"] = True
     if model.source.startswith("hf://") and local_base is None:
         kw["download_dir"] = HF_CACHE_DIR
-    if spec.adapters:
-        if max_lora_rank not in LORA_RANKS:
-            problems.append(("spec.adapters", f"LoRA rank {max_lora_rank} is not one of {LORA_RANKS}"))
-        modules = []
-        for i, adapter in enumerate(spec.adapters):
-            try:
-                src = resolve_source(adapter.source, field=f"spec.adapters[{i}].source", local_base=local_base)
-            except ServeConfigError as e:
-                problems.extend(e.problems)
-                continue
-            if src.kind in ("hf", "s3"):
-                problems.append(
-                    (
-                        f"spec.adapters[{i}].source",
-                        "adapters are loaded from a path on the replica: use file:// (local mode) or "
-                        "pvc:// (a mounted volume); hf:// and s3:// adapters are not supported yet",
-                    )
-                )
-                continue
-            modules.append({"name": adapter.name, "path": src.model_source, "base_model_name": md.served_model_name()})
-        kw["enable_lora"] = True
-        kw["max_loras"] = max(1, len(spec.adapters))
-        kw["max_lora_rank"] = max_lora_rank
-        kw["lora_modules"] = modules
+    kw.update(lora_engine_kwargs(md))
     extra, extra_problems = parse_extra_args(list(engine.extra_args))
     problems.extend(extra_problems)
     for key in extra:
@@ -233,14 +226,29 @@ def engine_kwargs_for(
     return kw
 
 
-def build_llm_config(md: ModelDeployment, *, local_base: Path | None = None, max_lora_rank: int = 16) -> dict[str, Any]:
+def _replica_count(replicas: int) -> dict[str, Any]:
+    """The Serve replica count for spec.replicas.
+
+    Serve refuses `num_replicas: 0` (`.options()` raises), so zero (scale to zero) is an autoscaling
+    range 0..1 that starts at 0: Serve stops the running replica at once (graceful shutdown) and
+    the engine's memory is freed, with or without worker pods (a shared `--external-ray` cluster
+    with free CPUs included). The wake sets num_replicas 1 again. A request that reaches Serve
+    while at zero also makes Serve start a replica (its own scale-from-zero path); in a cluster it
+    waits for the worker pod the wake brings back.
+    """
+    if replicas == 0:
+        return {"autoscaling_config": {"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1}}
+    return {"num_replicas": replicas}
+
+
+def build_llm_config(md: ModelDeployment, *, local_base: Path | None = None) -> dict[str, Any]:
     """The `ray.serve.llm.LLMConfig` for a ModelDeployment, as a JSON-able dict."""
     spec = md.spec
     served = md.served_model_name()
     if not served:
         raise ServeConfigError([("metadata.name", "set metadata.name or spec.model.servedModelName")])
     source = resolve_source(spec.model.source, field="spec.model.source", local_base=local_base)
-    kwargs = engine_kwargs_for(md, local_base=local_base, max_lora_rank=max_lora_rank)
+    kwargs = engine_kwargs_for(md, local_base=local_base)
     env_vars: dict[str, str] = {}
     cfg: dict[str, Any] = {
         "model_loading_config": {"model_id": served, "model_source": source.model_source},
@@ -248,9 +256,7 @@ def build_llm_config(md: ModelDeployment, *, local_base: Path | None = None, max
         "log_engine_metrics": True,
         "deployment_config": {
             "name": DEPLOYMENT_NAME,
-            # Serve's REST schema wants num_replicas >= 1. At spec.replicas 0 (scale to zero) the one
-            # replica stays pending (the head offers no CPU, no worker pod runs), holding nothing.
-            "num_replicas": max(1, spec.replicas),
+            **_replica_count(spec.replicas),
             "health_check_period_s": HEALTH_CHECK_PERIOD_S,
             "health_check_timeout_s": HEALTH_CHECK_TIMEOUT_S,
             "graceful_shutdown_timeout_s": GRACEFUL_SHUTDOWN_TIMEOUT_S,
@@ -276,7 +282,6 @@ def build_serve_config(
     route_prefix: str = "/",
     app_name: str | None = None,
     local_base: Path | None = None,
-    max_lora_rank: int = 16,
     http_host: str = "0.0.0.0",
     http_port: int = 8000,
     hf_hub_offline: bool | None = None,
@@ -292,7 +297,11 @@ def build_serve_config(
     Note that `PUT /api/serve/applications/` is declarative over *all* applications: a config
     without an application removes it (and `DELETE` removes every application).
     """
-    llm_config = build_llm_config(md, local_base=local_base, max_lora_rank=max_lora_rank)
+    llm_config = build_llm_config(md, local_base=local_base)
+    try:
+        adapters = adapter_specs(md, pvc_root=PVC_MOUNT_ROOT, local_base=local_base)
+    except AdapterSourceError as e:
+        raise ServeConfigError(e.problems) from None
     app_env: dict[str, str] = {}
     if hf_hub_offline is not None:
         app_env["HF_HUB_OFFLINE"] = "1" if hf_hub_offline else "0"
@@ -306,6 +315,14 @@ def build_serve_config(
         "route_prefix": route_prefix,
         "import_path": IMPORT_PATH,
         "args": {"llm_config": llm_config},
+        # The adapter list lives here, not in `args`: a user_config change reconfigures the live
+        # replicas, a change of `args` restarts them (ray.serve deploy_utils.get_app_code_version).
+        "deployments": [
+            {
+                "name": llm_config["deployment_config"]["name"],
+                "user_config": adapters_user_config(md.served_model_name(), adapters),
+            }
+        ],
     }
     if app_env:
         app["runtime_env"] = {"env_vars": app_env}

@@ -65,14 +65,22 @@ class LocalGateway:
         self.launch()
         self.wait_ready(timeout)
 
+    def write_routes(self, md: Any) -> Path:
+        """Write the route file for `md` (the gateway re-reads it every second: `rayleigh up`'s reload)."""
+        self.md = md
+        config_path = self.state_dir / "gateway-routes.json"
+        tmp = config_path.with_suffix(".tmp")
+        tmp.write_text(
+            json.dumps({"routes": [route_for(md, self.upstream).model_dump(mode="json", by_alias=True)]}, indent=2)
+        )
+        tmp.replace(config_path)
+        return config_path
+
     def launch(self) -> None:
         """Start the gateway process and return at once (`rayleigh up` starts it while the engine loads)."""
         from rayleigh_gateway.keys import load_or_new, save_keys
 
-        config_path = self.state_dir / "gateway-routes.json"
-        config_path.write_text(
-            json.dumps({"routes": [route_for(self.md, self.upstream).model_dump(mode="json", by_alias=True)]}, indent=2)
-        )
+        config_path = self.write_routes(self.md)
         keys_path = self.state_dir / "gateway-keys.json"
         store = load_or_new(str(keys_path))
         if self.accepts_api_keys:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rayleigh_serving.ingress import default_ingress, local_haproxy_env, ray_env
 from rayleigh_serving.reaper import Reaper, kill_groups, kill_marked, reap
 
 RAY_ENV = {
@@ -31,14 +32,8 @@ RAY_ENV = {
     "RAY_DISABLE_DOCKER_CPU_WARNING": "1",
     "VLLM_TARGET_DEVICE": "cpu",
 }
-# Processes Ray starts on a small machine compete with the engine; these trim Ray's idle work.
-# (The same settings go into the Ray head pods the operator renders.)
-RAY_TUNED_ENV = {
-    # The Serve controller's reconcile loop (default 0.1 s); it is not on the request path.
-    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
-    # Measured and not adopted (docs/benchmarks/serving_overhead.md): RAY_SERVE_THROUGHPUT_OPTIMIZED=1
-    # (with RAY_SERVE_ENABLE_DIRECT_INGRESS=0) did not separate from noise on 2 shared cores.
-}
+# What Rayleigh sets on its Ray nodes (the control loop interval, the Serve ingress): rayleigh_serving.ingress,
+# shared with the operator's Ray pods and the benchmark. `tuned=False` leaves Ray's defaults (stock Ray Serve).
 
 
 def free_port() -> int:
@@ -80,6 +75,8 @@ class LocalRay:
     log: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
     tuned: bool = True
+    # The Serve ingress (rayleigh_serving.ingress; with tuned=True): "haproxy" or "proxy".
+    ingress: str = field(default_factory=default_ingress)
     # Leave out the head processes a one-machine Serve app never uses: the autoscaler monitor (no
     # nodes to add) and the log monitor (it streams worker logs to drivers; there is none, the logs
     # stay in files). Local mode only: the operator's head pods are rendered elsewhere.
@@ -117,8 +114,10 @@ class LocalRay:
             # Ray's socket paths must stay under 107 bytes: a short dir under /tmp.
             self.temp_dir = Path(tempfile.mkdtemp(prefix="rl-", dir="/tmp"))
             self._own_temp = True
-        tuned = RAY_TUNED_ENV if self.tuned else {}
+        tuned = ray_env(self.ingress) if self.tuned else {}
         env = {**os.environ, **RAY_ENV, **tuned, **self.env, "RAY_TMPDIR": str(self.temp_dir)}
+        if env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+            env = {**local_haproxy_env(self.temp_dir), **env}
         # Every port is on loopback. With RAY_AUTH_MODE unset, Ray 2.60 turns token auth on when it
         # finds ~/.ray/auth_token (any earlier `ray.init()` on the machine writes one), and the
         # dashboard then answers 401 to these REST calls: choose the mode, unless the user did.

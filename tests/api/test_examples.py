@@ -14,7 +14,15 @@ from rayleigh_api.validation import validate_document
 
 from .helpers import EXAMPLES, load
 
-EXPECTED = {"tiny", "qwen7b-awq", "qwen-lora", "qwen7b-tp2-autoscale", "locked-down"}
+EXPECTED = {
+    "tiny",
+    "qwen7b-awq",
+    "qwen-lora",
+    "qwen7b-tp2-autoscale",
+    "locked-down",
+    "tiny-scale-to-zero",
+    "tiny-fair-sharing",
+}
 
 
 def test_the_documented_examples_exist() -> None:
@@ -35,7 +43,7 @@ def test_example_matches_the_crd_openapi_schema(path: Path) -> None:
 
 def test_lora_example_serves_base_and_adapter_names() -> None:
     md = validate_document(load(Path("manifests/examples/qwen-lora.yaml")))
-    assert md.served_models() == ["qwen-1.8b", "sql-assistant", "support-tone"]
+    assert md.served_models() == ["qwen-1.8b", "sql-assistant", "support-tone", "legal-summary", "de-translate"]
 
 
 def test_validate_reads_several_documents_from_standard_input() -> None:

@@ -164,3 +164,29 @@ def test_rayleigh_plan_reports_a_fit_for_the_awq_example() -> None:
     result = CliRunner().invoke(main, ["plan", "-f", "manifests/examples/qwen7b-awq.yaml", "--gpu-memory", "24GiB"])
     assert result.exit_code == 0, result.output
     assert "FITS" in result.output
+
+
+def test_cold_start_estimate_is_the_fixed_start_plus_weights_over_the_load_bandwidth() -> None:
+    from rayleigh_api import cold_start
+
+    est = cold_start.estimate(10 * GIB, 2 * GIB)
+    assert est.load_s == 5.0
+    assert est.seconds == cold_start.WORKER_START_S + cold_start.REPLICA_START_S + 5.0
+    with pytest.raises(ValueError, match="--load-bandwidth"):
+        cold_start.estimate(GIB, 0)
+
+
+def test_rayleigh_plan_states_the_expected_cold_start_for_the_model_size() -> None:
+    """A tensor-parallel replica reads all its shards: the whole replica's weights count."""
+    from rayleigh_api import cold_start
+
+    argv = ["plan", "-f", "manifests/examples/qwen7b-tp2-autoscale.yaml", "--gpu-memory", "24GiB"]
+    result = CliRunner().invoke(main, [*argv, "--load-bandwidth", "2GiB", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    weights = out["weightBytesPerGpu"] * 2
+    assert out["coldStart"]["weightLoadSeconds"] == pytest.approx(weights / (2 * GIB), abs=0.1)
+    fixed = cold_start.WORKER_START_S + cold_start.REPLICA_START_S
+    assert out["coldStart"]["seconds"] == pytest.approx(fixed + weights / (2 * GIB), abs=0.1)
+    text = CliRunner().invoke(main, [*argv, "--load-bandwidth", "2GiB"]).output
+    assert f"cold start (estimate)  ~{out['coldStart']['seconds']:.0f} s" in text

@@ -8,7 +8,6 @@ started by the wake signal after a delay, as the operator would scale the worker
 from __future__ import annotations
 
 import asyncio
-import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -104,7 +103,7 @@ async def test_a_wait_past_the_bound_answers_503_and_leaves_the_queue() -> None:
     t = time.monotonic()
     with pytest.raises(GatewayError) as err:
         await hold.wait("ns/m", "http://m")
-    assert 0.2 <= time.monotonic() - t < 1.0
+    assert time.monotonic() - t >= 0.2  # not before the bound (the upper side is the test's timeout)
     assert err.value.code == "model_cold_starting" and b"retry-after" in dict(err.value.headers)
     assert hold.held("ns/m") == 0
     await asyncio.sleep(0.1)
@@ -126,20 +125,27 @@ async def test_activity_is_signalled_at_most_once_per_wake_interval() -> None:
 
 
 async def test_probes_back_off_and_a_failing_wake_does_not_stop_the_probe() -> None:
-    probes: list[float] = []
+    probes = 0
 
     async def probe(base: str) -> bool:
-        probes.append(time.monotonic())
-        return len(probes) >= 5
+        nonlocal probes
+        probes += 1
+        return probes >= 6
 
     async def wake(key: str) -> None:
         raise RuntimeError("operator unreachable")
 
+    delays: list[float] = []
+
+    async def recorded_sleep(seconds: float) -> None:
+        delays.append(seconds)
+        await asyncio.sleep(0)
+
     hold = Hold(probe, wake, max_wait=5, backoff=(0.02, 0.1))
+    hold.sleep = recorded_sleep
     await hold.wait("ns/m", "http://m")
-    gaps = [b - a for a, b in itertools.pairwise(probes)]
-    assert gaps[1] > gaps[0] * 1.5, gaps  # exponential backoff
-    assert max(gaps) < 0.2  # capped
+    assert probes == 6  # the failing wake did not stop the probe
+    assert delays == [0.02, 0.04, 0.08, 0.1, 0.1]  # doubles, then capped
 
 
 # ---------------------------------------------------------------- end to end
@@ -249,6 +255,65 @@ def test_a_request_held_past_the_wait_gets_503_with_retry_after(cold: tuple[Upst
         assert r.status_code == 503, r.text
         assert r.json()["error"]["code"] == "model_cold_starting"
         assert "retry-after" in r.headers
-        assert 0.5 <= time.monotonic() - t < 5
+        assert time.monotonic() - t >= 0.5  # not before the bound
     finally:
         gw.stop()
+
+
+class ServeProxyAtZero(AiohttpThread):
+    """Stands in for Ray Serve's proxy while the model's replica starts: it accepts connections,
+    answers /v1/models 503 until `ready`, and counts completions that reach it before then (Serve
+    would queue those without the gateway's bounds)."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.early: list[str] = []
+        app = web.Application()
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        super().__init__(app)
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"data": []}, status=200 if self.ready else 503)
+
+    async def chat(self, request: web.Request) -> web.Response:
+        if not self.ready:
+            self.early.append(request.path)
+            return web.json_response({"error": {"message": "no replica yet"}}, status=503)
+        return web.json_response({"object": "chat.completion", "choices": [{"message": {"content": "up"}}]})
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_a_cold_start_in_progress_holds_requests_after_the_route_s_cold_start_flag_clears(tmp_path: Path) -> None:
+    """The operator clears coldStart at the wake, long before the model serves: a request that comes
+    then still waits in the gateway's bounded queue, not at a backend that accepts it unbounded."""
+    backend = ServeProxyAtZero()
+    backend.start()
+    route = {"name": "m", "namespace": "ns", "backend": backend.url, "models": ["chat"], "public": True}
+    config = tmp_path / "routes.yaml"
+    limits = {"coldStartQueue": 4, "coldStartWaitSeconds": 20}
+    write_yaml(config, {"routes": [{**route, "coldStart": True, "scaleToZero": True}], "limits": limits})
+    gw = GatewayThread(Settings(config_path=str(config), audit=False, reload_interval=3600))
+    gw.start()
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(_ask, gw.url)
+            wait_held = time.monotonic() + 10
+            while gw.gateway.upstream.hold is None or gw.gateway.upstream.hold.held("ns/m") < 1:
+                assert time.monotonic() < wait_held, "the first request was not held"
+                time.sleep(0.02)
+            # The wake: the operator rewrites the route without coldStart; the model is not up yet.
+            write_yaml(config, {"routes": [{**route, "scaleToZero": True}], "limits": limits})
+            assert gw.gateway.check_reload()
+            second = pool.submit(_ask, gw.url)
+            while gw.gateway.upstream.hold.held("ns/m") < 2:
+                assert time.monotonic() < wait_held, "the second request was not held"
+                time.sleep(0.02)
+            backend.ready = True
+            answers = [first.result(), second.result()]
+        assert [r.status_code for r in answers] == [200, 200], [r.text for r in answers]
+        assert backend.early == [], "a request reached the backend before it could serve"
+    finally:
+        gw.stop()
+        backend.stop()

@@ -40,6 +40,7 @@ RENDER_FLAGS: dict[str, str | list[str]] = {
     "--metrics-namespace": ["monitoring", "observability"],
     "--gateway-pod-label": ["app.kubernetes.io/name=edge", "app.kubernetes.io/component=gateway"],
     "--operator-pod-label": ["app.kubernetes.io/instance=ops"],
+    "--serve-ingress": "proxy",
 }
 FLAG_ARGS = [
     arg

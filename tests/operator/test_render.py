@@ -23,6 +23,7 @@ from rayleigh_api.validation import validate_document
 from rayleigh_gateway.routes import GatewayConfig
 from rayleigh_operator import render as r
 from rayleigh_operator.render_cli import render as render_cmd
+from rayleigh_serving.adapter_sources import ADAPTER_SECRETS_ROOT
 from rayleigh_serving.config import HF_CACHE_DIR, PVC_MOUNT_ROOT, build_serve_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -119,11 +120,24 @@ def test_worker_pod_mounts_shm_cache_and_pvc_where_the_serve_config_looks() -> N
     pod = workers(r.render(md))["spec"]["template"]["spec"]
     mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
     assert {"/dev/shm", HF_CACHE_DIR, f"{PVC_MOUNT_ROOT}/lora-adapters"} <= mounts
-    # The serving config accepts only pvc:// (and file://) adapters: keep the pvc:// one.
-    md.spec.adapters = md.spec.adapters[:1]
     serve = json.dumps(build_serve_config(md))
     assert f"{PVC_MOUNT_ROOT}/lora-adapters/sql-assistant" in serve
     assert next(v for v in pod["volumes"] if v["name"] == "dshm")["emptyDir"]["medium"] == "Memory"
+
+
+def test_worker_pod_mounts_each_adapter_secret_once_where_the_replica_reads_it() -> None:
+    md = load(REPO / "manifests" / "examples" / "qwen-lora.yaml")
+    md.spec.adapters.append(md.spec.adapters[-1].model_copy(update={"name": "de-translate-v2"}))
+    pod = workers(r.render(md))["spec"]["template"]["spec"]
+    secret_volumes = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert sorted(secret_volumes.values()) == ["hf-token", "lora-store-creds"]
+    for volume, secret in secret_volumes.items():
+        assert mounts[volume]["mountPath"] == f"{ADAPTER_SECRETS_ROOT}/{secret}"
+        assert mounts[volume]["readOnly"] is True
+    # The Serve config names the Secret, never its content.
+    user_config = build_serve_config(md)["applications"][0]["deployments"][0]["user_config"]
+    assert [a["secret"] for a in user_config["adapters"]][2:] == ["hf-token", "lora-store-creds", "lora-store-creds"]
 
 
 def test_workers_replicas_follow_spec_and_rollout_knobs() -> None:
@@ -194,7 +208,7 @@ def test_route_config_map_lists_adapters_and_parses_as_gateway_config() -> None:
     (cm,) = by_kind(r.render(md), "ConfigMap")
     assert cm["metadata"]["labels"][r.ROUTE_LABEL] == "true"
     route = json.loads(cm["data"][r.ROUTE_KEY])
-    assert route["models"] == ["qwen-1.8b", "sql-assistant", "support-tone"]
+    assert route["models"] == ["qwen-1.8b", "sql-assistant", "support-tone", "legal-summary", "de-translate"]
     assert route["backend"] == "http://qwen-lora-serve.llm.svc:8000"
     GatewayConfig.model_validate({"routes": [route]})
 

@@ -136,3 +136,73 @@ def test_an_idle_model_at_zero_reads_ready_not_deploying_and_faults_still_show()
     by_type = {c["type"]: c for c in woken["conditions"]}
     assert woken["phase"] == "Deploying" and by_type["ScaledToZero"]["status"] == "False"
     assert by_type["ScaledToZero"]["reason"] == "Woken"
+
+
+async def test_a_cold_start_records_when_the_workers_and_then_the_model_were_ready() -> None:
+    """lastColdStart's phases: each from the wake, done only once the Serve replica runs."""
+    from rayleigh_operator.serve_client import AppState
+
+    now = [100.0]
+    tracked = Tracked()
+    entry = _entry(1)
+    tracked.entries[entry.key] = entry
+    idle = IdleScaler(kube=None, tracked=tracked, clock=lambda: now[0])  # type: ignore[arg-type]
+    idle.last_activity[entry.key] = 100.0
+    idle.wake_requested[entry.key] = (100.0, "2026-01-01T00:00:00Z")
+    entry.serve_state = AppState("RUNNING", running_replicas=0)
+
+    now[0] = 103.0
+    entry.workers_ready = 1  # the worker pod joined the Ray cluster
+    await idle.check()
+    assert entry.key not in idle.last_cold_start, "the model is not loaded yet"
+
+    now[0] = 140.5
+    idle.last_activity[entry.key] = 140.0  # requests flow (the idle window is 5 s here)
+    entry.serve_state = AppState("RUNNING", running_replicas=1)  # vLLM loaded the model
+    await idle.check()
+    cold = idle.last_cold_start[entry.key]
+    assert (cold["workersReadySeconds"], cold["modelLoadedSeconds"], cold["seconds"]) == (3.0, 40.5, 40.5)
+    assert cold["requestedAt"] == "2026-01-01T00:00:00Z" and entry.key not in idle.wake_requested
+    status: dict[str, Any] = {"phase": "Ready", "conditions": []}
+    idle.decorate(entry, status)
+    assert status["lastColdStart"] == cold
+
+
+async def test_without_serve_s_view_the_worker_pod_alone_ends_a_cold_start() -> None:
+    now = [10.0]
+    tracked = Tracked()
+    entry = _entry(1)
+    tracked.entries[entry.key] = entry
+    idle = IdleScaler(kube=None, tracked=tracked, clock=lambda: now[0])  # type: ignore[arg-type]
+    idle.last_activity[entry.key] = 10.0
+    idle.wake_requested[entry.key] = (10.0, "2026-01-01T00:00:00Z")
+    entry.serve_state = None  # the Ray dashboard cannot be read
+    now[0] = 12.0
+    entry.workers_ready = 1
+    await idle.check()
+    cold = idle.last_cold_start[entry.key]
+    assert cold["seconds"] == cold["workersReadySeconds"] == 2.0 and "modelLoadedSeconds" not in cold
+
+
+def test_a_woken_model_without_a_replica_yet_reads_deploying_not_degraded() -> None:
+    """Right after the wake the operator's view is 0/1 workers (Degraded): a cold start, not a fault."""
+    idle = IdleScaler(kube=None, tracked=Tracked())  # type: ignore[arg-type]
+    entry = _entry(1)
+    degraded: dict[str, Any] = {
+        "phase": "Degraded",
+        "conditions": [
+            {"type": "Ready", "status": "False", "reason": "ReplicasUnavailable", "message": "0/1 worker pods ready"},
+            {"type": "Degraded", "status": "True", "reason": "ReplicasUnavailable", "message": "0/1"},
+        ],
+    }
+    idle.wake_requested[entry.key] = (0.0, "2026-01-01T00:00:00Z")
+    idle.decorate(entry, degraded)
+    by_type = {c["type"]: c for c in degraded["conditions"]}
+    assert degraded["phase"] == "Deploying"
+    assert (by_type["Ready"]["status"], by_type["Ready"]["reason"]) == ("False", "Woken")
+    assert (by_type["Degraded"]["status"], by_type["Degraded"]["reason"]) == ("False", "Woken")
+
+    still = _computed("Degraded")  # no wake pending: a real fault shows
+    idle.wake_requested.clear()
+    idle.decorate(entry, still)
+    assert still["phase"] == "Degraded"

@@ -151,3 +151,24 @@ async def test_a_deleted_model_deployment_is_never_deployed_again_by_the_tracker
     await rec.remove_serve_app(md_body("a"))
     await rec.sync_serve(entry)
     assert set(head.apps) == {"tiny"}
+
+
+def _app_for(adapters: list[dict[str, Any]]) -> dict[str, Any]:
+    from rayleigh_api import ModelDeployment
+    from rayleigh_serving.config import build_serve_config
+
+    doc = {
+        "metadata": {"name": "m-op", "namespace": "llm"},
+        "spec": {"model": {"source": "hf://o/m"}, "adapters": adapters},
+    }
+    app: dict[str, Any] = build_serve_config(ModelDeployment.model_validate(doc), app_name="m-op")["applications"][0]
+    return app
+
+
+def test_an_adapter_list_change_is_pushed_even_when_a_setting_goes_away() -> None:
+    with_endpoint = _app_for([{"name": "a", "source": "s3://bkt/a", "s3": {"endpoint": "http://minio:9000"}}])
+    without = _app_for([{"name": "a", "source": "s3://bkt/a"}])
+    running = serve_client.app_state(details(with_endpoint), "m-op", "LLMServer")
+    assert serve_client.needs_push(with_endpoint, running) is False
+    assert serve_client.needs_push(without, running) is True
+    assert serve_client.needs_push(_app_for([]), running) is True

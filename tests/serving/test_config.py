@@ -149,8 +149,15 @@ def test_rope_scaling_becomes_hf_override() -> None:
         }
     )
     assert kw["hf_overrides"] == {
-        "rope_parameters": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
+        "rope_parameters": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768},
+        # vLLM reads YaRN's max_position_embeddings as the scaled length (131072 = 4 x 32768).
+        "max_position_embeddings": 131072,
     }
+
+
+def test_linear_rope_scaling_leaves_max_position_embeddings_to_vllm() -> None:
+    kw = kwargs(model={"ropeScaling": {"type": "linear", "factor": 2.0}})
+    assert kw["hf_overrides"] == {"rope_parameters": {"rope_type": "linear", "factor": 2.0}}
 
 
 def test_cpu_replicas_get_cpu_accelerator_and_eager_mode() -> None:
@@ -166,20 +173,22 @@ def test_gpu_replicas_leave_accelerator_to_ray_default() -> None:
     assert "enforce_eager" not in cfg["engine_kwargs"]
 
 
-def test_adapters_become_static_lora_modules() -> None:
-    kw = kwargs(adapters=[{"name": "sql", "source": "pvc://loras/sql"}, {"name": "tone", "source": "pvc://loras/t"}])
-    assert kw["enable_lora"] is True
-    assert kw["max_loras"] == 2
-    assert kw["lora_modules"] == [
-        {"name": "sql", "path": f"{PVC_MOUNT_ROOT}/loras/sql", "base_model_name": "m"},
-        {"name": "tone", "path": f"{PVC_MOUNT_ROOT}/loras/t", "base_model_name": "m"},
+def test_adapters_turn_lora_on_and_their_paths_reach_the_user_config() -> None:
+    mdl = md(adapters=[{"name": "sql", "source": "pvc://loras/sql"}, {"name": "tone", "source": "pvc://loras/t"}])
+    app = build_serve_config(mdl)["applications"][0]
+    kw = app["args"]["llm_config"]["engine_kwargs"]
+    assert kw["enable_lora"] is True and "lora_modules" not in kw
+    adapters = app["deployments"][0]["user_config"]["adapters"]
+    assert [(a["name"], a["location"]) for a in adapters] == [
+        ("sql", f"{PVC_MOUNT_ROOT}/loras/sql"),
+        ("tone", f"{PVC_MOUNT_ROOT}/loras/t"),
     ]
 
 
-def test_adapter_from_s3_is_rejected_by_the_api_with_its_field() -> None:
-    """Adapters load from a path on the replica; the schema says so before anything is deployed."""
+def test_adapter_from_an_unknown_scheme_is_rejected_by_the_api_with_its_field() -> None:
+    """The schema says which sources an adapter may have before anything is deployed."""
     with pytest.raises(ValidationError, match=r"adapters\.0\.source"):
-        kwargs(adapters=[{"name": "a", "source": "s3://bucket/a"}])
+        kwargs(adapters=[{"name": "a", "source": "gs://bucket/a"}])
 
 
 def test_replicas_and_max_ongoing_requests_reach_deployment_config() -> None:
@@ -234,3 +243,11 @@ def test_config_module_imports_neither_ray_nor_vllm() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_zero_replicas_is_a_serve_autoscaling_range_that_starts_at_zero() -> None:
+    """Serve refuses num_replicas 0: scale to zero stops the replica through autoscaling 0..1 from 0."""
+    auto = {"minReplicas": 0, "maxReplicas": 2, "idleSeconds": 60}
+    dep = llm(build_serve_config(md(replicas=0, autoscaling=auto)))["deployment_config"]
+    assert "num_replicas" not in dep
+    assert dep["autoscaling_config"] == {"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1}

@@ -40,7 +40,13 @@ def test_gateway_route_for_tiny_example_is_a_valid_gateway_route() -> None:
 
 def test_gateway_route_lists_adapters_as_models() -> None:
     md = load_model_deployment(EXAMPLES_DIR / "qwen-lora.yaml")
-    assert route_for(md, "http://x:1").models == ["qwen-1.8b", "sql-assistant", "support-tone"]
+    assert route_for(md, "http://x:1").models == [
+        "qwen-1.8b",
+        "sql-assistant",
+        "support-tone",
+        "legal-summary",
+        "de-translate",
+    ]
 
 
 def read_until(lines: queue.Queue[str | None], marker: str, timeout: float) -> str:

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from rayleigh_serving.app import StreamCoalescer
+from rayleigh_serving.middleware import StreamCoalescer
 
 
 def body(data: bytes, more: bool = True) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rayleigh_api.errors import FieldErrors
+from rayleigh_serving.ingress import DEFAULT_INGRESS
 
 
 class RenderError(FieldErrors):
@@ -44,4 +45,6 @@ class RenderOptions:
     gcs_redis_address: str | None = None
     gcs_redis_password_secret: str | None = None  # Secret name, key "password"
     model_cache_size: str = "200Gi"
+    # How HTTP reaches the replicas (rayleigh_serving.ingress): "haproxy" or "proxy" (--serve-ingress).
+    serve_ingress: str = DEFAULT_INGRESS
     shm_size: str | None = None  # default: half of resources.memory, else 8Gi

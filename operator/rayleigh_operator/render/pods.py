@@ -32,7 +32,9 @@ from rayleigh_operator.render.security import (
     ray_auth_env,
     writable_dirs,
 )
+from rayleigh_serving.adapter_sources import ADAPTER_SECRETS_ROOT
 from rayleigh_serving.config import HF_CACHE_DIR, PVC_MOUNT_ROOT
+from rayleigh_serving.ingress import ray_env
 
 
 def _pvc_claims(md: api.ModelDeployment) -> list[str]:
@@ -61,6 +63,14 @@ def _volumes(md: api.ModelDeployment, options: RenderOptions) -> tuple[list[dict
     for i, claim in enumerate(_pvc_claims(md)):
         volumes.append({"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": f"pvc-{i}", "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True})
+    # Adapter download credentials: files the replica reads at download time (a rotated Secret is
+    # picked up by the kubelet, no restart); the values never enter the Serve config. Default file
+    # mode 0644: the pods run without fsGroup, as a non-root user that must read them.
+    for i, secret in enumerate(sorted({a.secret_ref for a in md.spec.adapters if a.secret_ref})):
+        volumes.append({"name": f"adapter-secret-{i}", "secret": {"secretName": secret}})
+        mounts.append(
+            {"name": f"adapter-secret-{i}", "mountPath": f"{ADAPTER_SECRETS_ROOT}/{secret}", "readOnly": True}
+        )
     return volumes, mounts
 
 
@@ -81,6 +91,9 @@ def _env(md: api.ModelDeployment, options: RenderOptions) -> list[dict[str, Any]
         {"name": "HF_HOME", "value": HF_CACHE_DIR},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         *ray_auth_env(md),
+        # The Serve ingress and Rayleigh's Ray settings, the same as `rayleigh up` and the benchmark run:
+        # on every Ray pod (the controller on the head and the replicas on the workers read them).
+        *({"name": k, "value": v} for k, v in ray_env(options.serve_ingress).items()),
     ]
     if md.spec.resources.gpus == 0:
         env.append({"name": "VLLM_TARGET_DEVICE", "value": "cpu"})
