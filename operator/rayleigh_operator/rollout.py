@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rayleigh_operator.state import content_hash
+from rayleigh_serving.config import DEPLOYMENT_NAME, replica_count
 
 # The second slot's application name and route prefix suffixes.
 SLOT_SUFFIX = "-b"
@@ -44,16 +45,42 @@ def slot_prefix(route_prefix: str, slot: int) -> str:
 
 
 def revision(app: dict[str, Any]) -> str:
-    """The version of a Serve application: everything but its name, route and replica count."""
+    """The version of a Serve application: its `args`, import path and runtime env (what Serve
+    restarts replicas for), not its name, route, replica count or adapters (`deployments`). A count
+    left in `args` by an older operator is ignored too."""
     args = copy.deepcopy(app.get("args") or {})
     dep = (args.get("llm_config") or {}).get("deployment_config") or {}
     dep.pop("num_replicas", None)
+    dep.pop("autoscaling_config", None)
     return content_hash({"args": args, "import_path": app.get("import_path"), "env": app.get("runtime_env")})
 
 
+def _deployment(app: dict[str, Any]) -> dict[str, Any]:
+    """The application's options entry of the model deployment (rayleigh_serving.config)."""
+    deployments = app.setdefault("deployments", [])
+    for d in deployments:
+        if d.get("name") == DEPLOYMENT_NAME:
+            return d
+    d = {"name": DEPLOYMENT_NAME}
+    deployments.append(d)
+    return d
+
+
+def replica_target(app: dict[str, Any]) -> int:
+    """The replica count an application config asks for (0: scaled to zero)."""
+    for d in app.get("deployments") or []:
+        if d.get("name") == DEPLOYMENT_NAME and "num_replicas" in d:
+            return int(d.get("num_replicas") or 0)
+    legacy = ((app.get("args") or {}).get("llm_config") or {}).get("deployment_config") or {}
+    return int(legacy.get("num_replicas") or 0)
+
+
 def with_replicas(app: dict[str, Any], replicas: int) -> dict[str, Any]:
+    """The application at `replicas` (0: scale to zero), as rayleigh_serving.config writes it: in
+    its `deployments` entry, which overrides a count in `args` (left there by an older operator;
+    `args` stay as they are, a change there would restart every replica)."""
     out = copy.deepcopy(app)
-    out["args"]["llm_config"]["deployment_config"]["num_replicas"] = replicas
+    _deployment(out).update(replica_count(max(0, replicas)))
     return out
 
 
@@ -106,9 +133,7 @@ def observe(details: dict[str, Any], name: str, deployment: str) -> Slot:
     deleting = app.get("status") == "DELETING"
     target = 0
     if config and not deleting:
-        target = int(
-            ((config.get("args") or {}).get("llm_config") or {}).get("deployment_config", {}).get("num_replicas") or 0
-        )
+        target = replica_target(config)
     message = app.get("message") or dep.get("message") or ""
     return Slot(
         name=name,
@@ -159,7 +184,7 @@ def plan(
     want = revision(desired[0])
     live = [i for i in (0, 1) if slots[i].exists]
     if not live:
-        return Plan(apps={slots[0].name: with_replicas(desired[0], max(1, replicas))})
+        return Plan(apps={slots[0].name: with_replicas(desired[0], replicas)})
     unlisted = [slots[i] for i in live if not slots[i].listed and not slots[i].deleting]
     if unlisted:  # Serve is rebuilding an application: decide once it lists its replicas again
         return Plan(hold=True)
@@ -169,13 +194,13 @@ def plan(
         if s.deleting:
             return Plan(phase="Progressing", serving=s)  # wait until it is gone
         if s.revision == want:
-            return Plan(apps={s.name: with_replicas(desired[i], max(1, replicas))}, serving=s)
+            return Plan(apps={s.name: with_replicas(desired[i], replicas)}, serving=s)
         if want == blocked:  # rolled back: the old version runs at full size until the spec changes
             assert s.config is not None
-            return Plan(apps={s.name: with_replicas(s.config, max(1, replicas))}, phase="RolledBack", serving=s)
+            return Plan(apps={s.name: with_replicas(s.config, replicas)}, phase="RolledBack", serving=s)
         if (s.present == 0 and s.status != "DEPLOYING") or s.status == "DEPLOY_FAILED" or replicas <= 0:
             # nothing serves (failed, or scaled to zero): replace in place, nothing to protect
-            return Plan(apps={s.name: with_replicas(desired[i], max(1, replicas))}, serving=s)
+            return Plan(apps={s.name: with_replicas(desired[i], replicas)}, serving=s)
         j = 1 - i
         return _step(s, Slot(slots[j].name), desired[j], replicas, surge, drain, "continue")
     a, b = slots

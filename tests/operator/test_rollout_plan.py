@@ -26,7 +26,8 @@ def app(name: str, version: str, replicas: int = 1) -> dict[str, Any]:
         "name": name,
         "route_prefix": "/" if name == "m" else "/b",
         "import_path": "x:y",
-        "args": {"llm_config": {"v": version, "deployment_config": {"num_replicas": replicas}}},
+        "args": {"llm_config": {"v": version, "deployment_config": {"name": "LLMServer"}}},
+        "deployments": [{"name": "LLMServer", "num_replicas": replicas, "autoscaling_config": None}],
     }
 
 
@@ -71,11 +72,8 @@ class ServeModel:
         """One poll later: stopping replicas are gone, starting ones run, the target is met."""
         for name in list(self.apps):
             a = self.apps[name]
-            target = (
-                0
-                if a["status"] == "DELETING"
-                else a["config"]["args"]["llm_config"]["deployment_config"]["num_replicas"]
-            )
+            # scale to zero: the autoscaling range 0..1 from 0 (num_replicas null), no replica
+            target = 0 if a["status"] == "DELETING" else rollout.replica_target(a["config"])
             reps = ["RUNNING" if s == "STARTING" else s for s in a["replicas"] if s != "STOPPING"]
             stopping = []
             while len(reps) > target:
@@ -198,6 +196,30 @@ def test_a_replica_count_change_alone_is_no_rollout() -> None:
     assert set(phases) == {"Steady"} and serve.versions() == {"v1": 3}
 
 
+def test_scaling_to_zero_and_back_is_no_rollout() -> None:
+    serve = started(1)
+    _, phases = drive(serve, "v1", 0, rounds=10)
+    assert set(phases) == {"Steady"} and list(serve.apps) == ["m"] and serve.present() == 0
+    (dep,) = serve.apps["m"]["config"]["deployments"]
+    assert dep["num_replicas"] is None and dep["autoscaling_config"]["max_replicas"] == 1
+    _, phases = drive(serve, "v1", 1, rounds=10)
+    assert set(phases) == {"Steady"} and serve.versions() == {"v1": 1} and list(serve.apps) == ["m"]
+
+
+def test_a_replica_count_is_set_outside_the_args_serve_restarts_replicas_for() -> None:
+    legacy = app("m", "v1")
+    legacy["args"]["llm_config"]["deployment_config"]["num_replicas"] = 3
+    resized = rollout.with_replicas(legacy, 2)
+    assert resized["args"] == legacy["args"] and rollout.replica_target(resized) == 2
+
+
+def test_a_first_deploy_at_zero_runs_no_replica() -> None:
+    slots = (rollout.Slot("m"), rollout.Slot("m-b"))
+    p = rollout.plan(slots, (app("m", "v1", 0), app("m-b", "v1", 0)), 0, surge=0, drain=1, verdict="wait", blocked=None)
+    cfg = p.apps["m"]
+    assert cfg is not None and rollout.replica_target(cfg) == 0 and cfg["deployments"][0]["num_replicas"] is None
+
+
 @pytest.mark.parametrize(
     ("surge", "unavailable", "n", "expected"),
     [(0, 1, 4, (0, 1)), ("25%", 0, 4, (1, 0)), ("0%", "50%", 4, (0, 2)), (0, "10%", 4, (0, 1)), ("10%", 1, 4, (1, 0))],
@@ -215,6 +237,9 @@ def test_weights_follow_ready_replicas(old: int, new: int, expected: tuple[int, 
 
 def test_the_revision_ignores_the_replica_count_name_and_route() -> None:
     assert rollout.revision(app("m", "v1", 1)) == rollout.revision(app("m-b", "v1", 5))
+    legacy = app("m", "v1")
+    legacy["args"]["llm_config"]["deployment_config"]["num_replicas"] = 3  # an older operator's config
+    assert rollout.revision(legacy) == rollout.revision(app("m", "v1"))
     assert rollout.revision(app("m", "v1")) != rollout.revision(app("m", "v2"))
 
 
