@@ -39,6 +39,7 @@ class Memory:
     revision: str | None = None  # the new revision this memory is about
     step_key: tuple[int, int] | None = None  # (old target, new target) of the step being judged
     step_since: float = 0.0  # monotonic: when its replicas were all in place
+    passed: tuple[int, int] | None = None  # the step the analysis passed: it moves on, whatever syncs it takes
     tally: Tally = field(default_factory=Tally)
     judgement: Judgement | None = None
     samples: tuple[Sample, Sample] | None = None
@@ -109,6 +110,10 @@ class Rollouts:
             # The step is not in place yet: its window starts once it is.
             mem.step_key, mem.step_since = key, time.monotonic()
             return "wait"
+        if mem.passed == key:
+            # Passed: the next move (removing a drained application waits for the gateways to
+            # read the new route first) takes more than this one sync.
+            return "continue"
         settings = md.spec.rollout.analysis
         if not settings.enabled or self.prometheus is None:
             return "continue"
@@ -126,7 +131,9 @@ class Rollouts:
         mem.step_since = time.monotonic()  # the next check reads the next window
         word = mem.tally.record(j.result, settings)
         log.info("%s/%s: rollout analysis %s: %s -> %s", entry.namespace, entry.name, j.result, j.message, word)
-        if word == "rollback":
+        if word == "continue":
+            mem.passed = key
+        elif word == "rollback":
             mem.reason, mem.message = api.Reason.ANALYSIS_FAILED, j.message
         elif word == "pause":
             mem.phase = "Paused"

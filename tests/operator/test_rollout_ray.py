@@ -263,7 +263,8 @@ def test_a_spec_change_rolls_out_replica_by_replica_while_requests_stream(harnes
     assert "rollout step" in cond["message"]
     wait_for(lambda: h.rollout().get("phase") == "Completed", 400, interval=0.5, what="the rollout completed")
     wait_for(lambda: h.weights[-1][1] == {"b": 100}, 30, what="all traffic on the new version")
-    time.sleep(1)  # a few more requests on the new version alone
+    t_alone = time.monotonic()
+    wait_for(lambda: sum(1 for r in h.results if r[0] >= t_alone) >= 3, 60, what="requests on the new version alone")
     apps = serve_apps(h.stack.dashboard_url)
     assert APPS[0] not in apps or apps[APPS[0]]["status"] == "DELETING"
     assert len(replicas_of(apps, APPS[1])) == 2

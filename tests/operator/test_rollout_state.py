@@ -7,6 +7,7 @@ from typing import Any
 
 import rayleigh_api as api
 from rayleigh_operator import rollout
+from rayleigh_operator.analysis import Prometheus
 from rayleigh_operator.rollout_state import Rollouts
 from rayleigh_operator.state import Entry
 
@@ -79,3 +80,33 @@ def test_promote_resumes_a_paused_rollout() -> None:
     assert asyncio.run(r.verdict(e, md(), "new", slots)) == "pause"
     r.command(e, "promote")
     assert asyncio.run(r.verdict(e, md(), "new", slots)) == "continue"
+
+
+class AnsweringPrometheus(Prometheus):
+    """Prometheus' HTTP answer to every query (the edge only; `sample` and `queries` run for real)."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__("http://prometheus.invalid")
+        self.value = value
+        self.asked = 0
+
+    async def query(self, expr: str) -> float | None:
+        self.asked += 1
+        return self.value
+
+
+def test_a_passed_step_keeps_moving_on_until_the_next_step() -> None:
+    """Removing the drained application takes more than one sync (the route settles first): the
+    step's pass must hold for those syncs, not only for the one that ran the analysis."""
+    r, e = Rollouts(None), entry()
+    prom = AnsweringPrometheus(50.0)
+    r.prometheus = prom
+    slots = (slot("m", "old", 1, 1), slot("m-b", "new", 1, 1))
+    assert asyncio.run(r.verdict(e, md(), "new", slots)) == "wait"  # the step's window starts now
+    r.of(e).step_since -= md().spec.rollout.analysis.interval_seconds  # the window has passed
+    assert asyncio.run(r.verdict(e, md(), "new", slots)) == "continue"
+    asked = prom.asked
+    assert asyncio.run(r.verdict(e, md(), "new", slots)) == "continue"  # no new window needed
+    assert prom.asked == asked
+    next_step = (slot("m", "old", 0, 0), slot("m-b", "new", 2, 1))
+    assert asyncio.run(r.verdict(e, md(), "new", next_step)) == "wait"
