@@ -192,7 +192,9 @@ def plan(
         i = live[0]
         s = slots[i]
         if s.deleting:
-            return Plan(phase="Progressing", serving=s)  # wait until it is gone
+            # Removed by someone else (a rollout removes a slot only while the other one exists),
+            # e.g. a Ray head restarted without its Serve config: nothing serves, deploy it again.
+            return Plan(apps={s.name: with_replicas(desired[i], replicas)}, serving=s)
         if s.revision == want:
             return Plan(apps={s.name: with_replicas(desired[i], replicas)}, serving=s)
         if want == blocked:  # rolled back: the old version runs at full size until the spec changes

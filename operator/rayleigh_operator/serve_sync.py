@@ -137,7 +137,10 @@ class ServeSync:
             name: cfg
             for name, cfg in p.apps.items()
             if (cfg is None and by_name[name].exists and not by_name[name].deleting)
-            or (cfg is not None and (by_name[name].config is None or not subset(cfg, by_name[name].config)))
+            or (
+                cfg is not None
+                and (by_name[name].deleting or by_name[name].config is None or not subset(cfg, by_name[name].config))
+            )
         }
         route_slots = _route_slots(p, slots)
         removing = {name for name, cfg in changes.items() if cfg is None}

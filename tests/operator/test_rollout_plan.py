@@ -213,6 +213,14 @@ def test_a_replica_count_is_set_outside_the_args_serve_restarts_replicas_for() -
     assert resized["args"] == legacy["args"] and rollout.replica_target(resized) == 2
 
 
+def test_an_application_removed_by_someone_else_is_deployed_again() -> None:
+    serve = started(2)
+    serve.apps["m"]["status"] = "DELETING"  # e.g. a restarted Ray head lost it
+    slots = (rollout.observe(serve.details(), "m", "D"), rollout.Slot("m-b"))
+    p = rollout.plan(slots, (app("m", "v1", 2), app("m-b", "v1", 2)), 2, surge=0, drain=1, verdict="wait", blocked=None)
+    assert p.phase == "Steady" and p.apps == {"m": app("m", "v1", 2)}
+
+
 def test_a_first_deploy_at_zero_runs_no_replica() -> None:
     slots = (rollout.Slot("m"), rollout.Slot("m-b"))
     p = rollout.plan(slots, (app("m", "v1", 0), app("m-b", "v1", 0)), 0, surge=0, drain=1, verdict="wait", blocked=None)
