@@ -182,4 +182,6 @@ class Reconciler:
 
     async def close(self) -> None:
         await self.serve.close()
+        if self.rollouts.prometheus is not None:
+            await self.rollouts.prometheus.close()
         await self.kube.close()
