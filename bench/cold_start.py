@@ -192,9 +192,7 @@ def main() -> None:
         # The floor: the same application at zero, Serve's own autoscaling 0..1 (back to 0 2 s after a round).
         floor_md = ModelDeployment.model_validate({**md_doc(0), "metadata": {"name": "floor", "namespace": "default"}})
         floor = build_serve_config(floor_md, route_prefix="/floor", app_name="floor", local_base=REPO)
-        floor["applications"][0]["args"]["llm_config"]["deployment_config"]["autoscaling_config"][
-            "downscale_delay_s"
-        ] = 2
+        floor["applications"][0]["deployments"][0]["autoscaling_config"]["downscale_delay_s"] = 2
         ray.deploy(floor)
         ray.wait_running("floor", timeout=STEP_LIMIT_S)
 

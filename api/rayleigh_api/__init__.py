@@ -44,9 +44,20 @@ from rayleigh_api.status import (
     ModelDeploymentStatus,
     Phase,
     Reason,
+    RolloutAnalysisStatus,
+    RolloutStatus,
     TrafficStatus,
 )
-from rayleigh_api.workload import Autoscaling, HeadResources, ImageSpec, Resources, Rollout, ServingSpec, Toleration
+from rayleigh_api.workload import (
+    Analysis,
+    Autoscaling,
+    HeadResources,
+    ImageSpec,
+    Resources,
+    Rollout,
+    ServingSpec,
+    Toleration,
+)
 
 __all__ = [
     "ADAPTER_SOURCE_PATTERN",
@@ -68,6 +79,7 @@ __all__ = [
     "SOURCE_PATTERN",
     "VERSION",
     "Adapter",
+    "Analysis",
     "ApiModel",
     "Autoscaling",
     "ColdStart",
@@ -91,6 +103,8 @@ __all__ = [
     "Reason",
     "Resources",
     "Rollout",
+    "RolloutAnalysisStatus",
+    "RolloutStatus",
     "RopeScaling",
     "Routing",
     "Rule",

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "bench": ("rayleigh_loadtest.cli:bench", ("aiohttp", "numpy", "rich", "matplotlib")),
     "render": ("rayleigh_operator.render_cli:render", ()),
     "operator": ("rayleigh_operator.run:operator", OPERATOR_NEEDS),
+    "rollout": ("rayleigh_operator.rollout_cli:rollout", OPERATOR_NEEDS),
     "gateway": ("rayleigh_gateway.cli:gateway", GATEWAY_NEEDS),
     "keys": ("rayleigh_gateway.keys_cli:keys", GATEWAY_NEEDS),
     "up": ("rayleigh_serving.cli:up", SERVING_NEEDS + GATEWAY_NEEDS),

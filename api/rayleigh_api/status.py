@@ -37,6 +37,9 @@ class ConditionType(StrEnum):
     CONFLICT = "Conflict"
     # Scale to zero (autoscaling.minReplicas 0): True while the operator holds the workers at zero.
     SCALED_TO_ZERO = "ScaledToZero"
+    # A rollout (docs/ROLLOUT.md): True after the last one was rolled back, with the reason; False
+    # once a rollout completes.
+    ROLLED_BACK = "RolledBack"
 
 
 class Reason(StrEnum):
@@ -62,6 +65,14 @@ class Reason(StrEnum):
     # ScaledToZero condition: idle past autoscaling.idleSeconds (True), woken by a request (False).
     IDLE = "Idle"
     WOKEN = "Woken"
+    # Rollouts: Progressing while steps run (RolloutStep) or wait (RolloutPaused); RolledBack True with
+    # AnalysisFailed, NewVersionFailed or Aborted, False with RolloutComplete.
+    ROLLOUT_STEP = "RolloutStep"
+    ROLLOUT_PAUSED = "RolloutPaused"
+    ROLLOUT_COMPLETE = "RolloutComplete"
+    ANALYSIS_FAILED = "AnalysisFailed"
+    NEW_VERSION_FAILED = "NewVersionFailed"
+    ABORTED = "Aborted"
 
 
 # Reasons that mean the spec cannot work as written: the phase is Failed until the spec changes.
@@ -105,6 +116,39 @@ class ColdStart(ApiModel):
     )
 
 
+class RolloutAnalysisStatus(ApiModel):
+    """The last check of a rollout step: both versions over the same window."""
+
+    result: Literal["Passed", "Failed", "Inconclusive"] = Field(description="Passed, Failed or Inconclusive.")
+    message: str = Field(default="", description="What was compared, and why it failed or was inconclusive.")
+    new_error_rate: float | None = Field(default=None, description="Errors per request of the new version.")
+    old_error_rate: float | None = Field(default=None, description="Errors per request of the old version.")
+    new_ttft_p95_seconds: float | None = Field(default=None, description="TTFT p95 of the new version.")
+    old_ttft_p95_seconds: float | None = Field(default=None, description="TTFT p95 of the old version.")
+    new_requests: float | None = Field(default=None, description="Requests the new version served in the window.")
+    failures: int = Field(default=0, description="Failed checks in a row.")
+    inconclusive: int = Field(default=0, description="Inconclusive checks in a row.")
+    checked_at: str | None = Field(default=None, description="When (RFC 3339).")
+
+
+class RolloutStatus(ApiModel):
+    """The rollout in progress, or the last one (docs/ROLLOUT.md)."""
+
+    phase: Literal["Progressing", "Paused", "Completed", "RolledBack"] = Field(
+        description="Progressing, Paused (waits for `rayleigh rollout promote` or `abort`), Completed or RolledBack."
+    )
+    step: int = Field(default=0, description="Replicas on the new version (the step reached).")
+    steps: int = Field(default=0, description="Replicas to move (spec.replicas).")
+    old_replicas: int = Field(default=0, description="Serve replicas of the old version that exist.")
+    new_replicas: int = Field(default=0, description="Serve replicas of the new version that exist.")
+    old_revision: str | None = Field(default=None, description="Hash of the old version's Serve config.")
+    new_revision: str | None = Field(default=None, description="Hash of the new version's Serve config.")
+    new_weight: int | None = Field(default=None, description="Percent of the gateway's requests the new version gets.")
+    reason: str = Field(default="", description="Why it paused or rolled back (a Reason).")
+    message: str = Field(default="", description="Human-readable detail.")
+    analysis: RolloutAnalysisStatus | None = Field(default=None, description="The last step check.")
+
+
 class ModelDeploymentStatus(ApiModel):
     """Observed state, written only by the operator."""
 
@@ -130,4 +174,7 @@ class ModelDeploymentStatus(ApiModel):
     )
     last_cold_start: ColdStart | None = Field(
         default=None, description="The last start from zero replicas (scale to zero), once it served."
+    )
+    rollout: RolloutStatus | None = Field(
+        default=None, description="The rollout in progress, or the last one (docs/ROLLOUT.md)."
     )

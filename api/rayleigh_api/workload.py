@@ -148,7 +148,62 @@ class Resources(ApiModel):
     )
 
 
+class Analysis(ApiModel):
+    """The check after each rollout step: the new version's error rate and TTFT p95 against the old
+    version's over the same window, read from Prometheus (the operator's --prometheus-url)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Check each step before the next. Off (or no --prometheus-url on the operator): a step "
+        "continues as soon as its new replicas are ready.",
+    )
+    interval_seconds: int = Field(
+        default=60,
+        ge=5,
+        le=3600,
+        description="How long the new replicas of a step serve before the analysis reads the metrics, and the "
+        "window it reads (both versions over the same window).",
+    )
+    max_error_rate_increase: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Fail a check when the new version's error rate (4xx/5xx and mid-stream errors per request) "
+        "exceeds the old version's by more than this fraction (0.05: 5 points).",
+    )
+    max_ttft_ratio: float = Field(
+        default=1.5,
+        ge=1,
+        le=100,
+        description="Fail a check when the new version's time-to-first-token p95 exceeds the old version's "
+        "times this factor.",
+    )
+    min_requests: int = Field(
+        default=10,
+        ge=1,
+        le=1000000,
+        description="Requests the new version must have served in the window for a check to count; fewer: "
+        "inconclusive.",
+    )
+    failure_limit: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description="Failed checks in a row that roll the rollout back automatically.",
+    )
+    inconclusive_limit: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="Inconclusive checks in a row (too few requests, Prometheus unreachable) that pause the "
+        "rollout: `rayleigh rollout promote` continues it, `abort` rolls it back.",
+    )
+
+
 class Rollout(ApiModel):
+    """How a spec change that needs new replicas (model, revision, quantization, engine arguments)
+    moves: replica by replica on the same GPUs, checked after each step (docs/ROLLOUT.md)."""
+
     RULES: ClassVar[list[Rule]] = [
         Rule(
             "!(string(self.maxUnavailable) in ['0', '0%'] && string(self.maxSurge) in ['0', '0%'])",
@@ -158,14 +213,22 @@ class Rollout(ApiModel):
     ]
 
     max_unavailable: int | str = Field(
-        default=0,
-        description="Replicas (or a percentage) that may be down during a rollout. 0 keeps full capacity.",
+        default=1,
+        description="Replicas (or a percentage, rounded down) one step drains before their replacements start, "
+        "when maxSurge is 0: the new replicas take the GPUs the drained ones freed. Also the worker pods' "
+        "rolling update.",
         json_schema_extra={"x-kubernetes-int-or-string": True},
     )
     max_surge: int | str = Field(
-        default=1,
-        description="Extra replicas (or a percentage) created during a rollout; each needs its own GPUs.",
+        default=0,
+        description="Extra replicas (or a percentage, rounded up) one step starts before draining old ones; "
+        "each needs spare GPUs. 0 (default): no surplus GPUs needed.",
         json_schema_extra={"x-kubernetes-int-or-string": True},
+    )
+    analysis: Analysis = Field(
+        default_factory=Analysis,
+        description="The automatic check after each step: continue, pause or roll back.",
+        json_schema_extra={"default": {}},
     )
 
 

@@ -94,6 +94,8 @@ def build_registry(
 
     @kopf.on.event(*md, registry=registry)
     async def md_event(event: kopf.RawEvent, **_: Any) -> None:
+        if event["type"] == "MODIFIED":
+            await reconciler.rollout_command(dict(event["object"]))
         if event["type"] == "DELETED":
             meta = event["object"]["metadata"]
             reconciler.forget(meta.get("namespace") or "default", meta["name"])

@@ -33,8 +33,9 @@ from rayleigh_operator.apply import Applier
 from rayleigh_operator.deployment_watch import DeploymentWatch
 from rayleigh_operator.drift import Drift
 from rayleigh_operator.idle import IdleScaler
-from rayleigh_operator.kube import KubeClient
+from rayleigh_operator.kube import MODEL_DEPLOYMENTS, ApiError, KubeClient
 from rayleigh_operator.preflight import Preflight
+from rayleigh_operator.rollout_state import COMMAND_ANNOTATION, Rollouts
 from rayleigh_operator.routes_writer import RoutesWriter
 from rayleigh_operator.serve_sync import ServeSync
 from rayleigh_operator.state import Entry, OperatorConfig, Tracked
@@ -55,11 +56,17 @@ class Reconciler:
         self.status = StatusWriter(kube, config, on_gone=self.forget)
         self.routes = RoutesWriter(kube, config, self.tracked)
         self.applier = Applier(kube, config, self.tracked, self.preflight, self.status, self.routes)
-        self.serve_sync = ServeSync(kube, config, self.serve, self.tracked, self.status)
+        self.rollouts = Rollouts(config.prometheus_url)
+        self.serve_sync = ServeSync(kube, config, self.serve, self.tracked, self.status, self.rollouts)
+        self.serve_sync.on_route_change = self.routes.mark_dirty
         self.drift = Drift(kube, config, self.tracked, self.applier, self.preflight)
         self.deployment_watch = DeploymentWatch(kube, self.tracked, self.drift)
         self.idle = IdleScaler(kube, self.tracked)
-        self.status.decorate = self.idle.decorate
+        self.status.decorate = self._decorate
+
+    def _decorate(self, entry: Entry, status: dict[str, Any]) -> None:
+        self.idle.decorate(entry, status)
+        self.rollouts.decorate(entry, status)
 
     @property
     def entries(self) -> dict[tuple[str, str], Entry]:
@@ -81,8 +88,24 @@ class Reconciler:
     def forget(self, namespace: str, name: str) -> None:
         """The ModelDeployment is gone: drop its Entry, its route and its count in the phase gauge."""
         self.tracked.pop(namespace, name)
+        self.rollouts.forget((namespace, name))
         self.routes.refresh()  # a younger object may now take over a name this one served
         self.status.count_phase((namespace, name), None)
+
+    async def rollout_command(self, body: dict[str, Any]) -> None:
+        """`rayleigh rollout promote|abort`: take the annotation's command in, then remove it."""
+        meta = body.get("metadata") or {}
+        command = (meta.get("annotations") or {}).get(COMMAND_ANNOTATION)
+        if not command:
+            return
+        namespace = meta.get("namespace") or "default"
+        entry = self.tracked.get(namespace, meta["name"])
+        if entry is not None:
+            self.rollouts.command(entry, command)
+            self.tracked.schedule(entry, 0)
+        patch = {"metadata": {"annotations": {COMMAND_ANNOTATION: None}}}
+        with contextlib.suppress(ApiError):
+            await self.kube.patch(MODEL_DEPLOYMENTS, namespace, meta["name"], patch)
 
     async def sync_serve(self, entry: Entry) -> None:
         """Deploy or update the Serve application when the head is ready; refresh status."""
@@ -159,4 +182,6 @@ class Reconciler:
 
     async def close(self) -> None:
         await self.serve.close()
+        if self.rollouts.prometheus is not None:
+            await self.rollouts.prometheus.close()
         await self.kube.close()

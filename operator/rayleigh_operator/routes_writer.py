@@ -32,11 +32,35 @@ import json
 import logging
 
 from rayleigh_gateway.routes import Route, split_route
-from rayleigh_operator import render
+from rayleigh_operator import render, rollout
 from rayleigh_operator.kube import CONFIGMAPS, MODEL_DEPLOYMENTS, KubeClient
 from rayleigh_operator.state import Entry, OperatorConfig, Share, Tracked
 
 log = logging.getLogger("rayleigh.operator")
+
+
+def rollout_route(entry: Entry) -> str:
+    """The route, its backend moved to the Serve slot(s) a rollout uses (rollout.py), weighted by
+    ready replicas while both versions serve. (A member of a traffic split keeps its one backend.)"""
+    assert entry.route_json is not None
+    if entry.route_slots == ((0, 100),):
+        return entry.route_json
+    data = json.loads(entry.route_json)
+    base = data.pop("backend", None)
+    if base is None:
+        return entry.route_json
+    data.pop("backends", None)
+    who = f"{entry.namespace}/{entry.name}"
+    urls = [base if slot == 0 else base.rstrip("/") + rollout.ROUTE_SUFFIX for slot, _ in entry.route_slots]
+    if len(entry.route_slots) == 1:
+        data["backend"] = urls[0]
+    else:
+        data["backends"] = [
+            {"name": who + ("" if slot == 0 else rollout.SLOT_SUFFIX), "url": url, "weight": weight}
+            for (slot, weight), url in zip(entry.route_slots, urls, strict=True)
+        ]
+    route = Route.model_validate(data)
+    return json.dumps(route.model_dump(mode="json", by_alias=True), indent=2, sort_keys=True) + "\n"
 
 
 class RoutesWriter:
@@ -87,7 +111,7 @@ class RoutesWriter:
                 continue
             share = shares.get((namespace, name))
             if share is None:
-                out[f"{namespace}_{name}.json"] = entry.route_json
+                out[f"{namespace}_{name}.json"] = rollout_route(entry)
             elif share.route == (namespace, name) and (split := self._split_json(share)) is not None:
                 out[f"{namespace}_{name}.json"] = split
             # else: a younger member of a split, served through the oldest member's key

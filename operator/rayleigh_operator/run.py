@@ -82,6 +82,18 @@ if TYPE_CHECKING:
     "<release>-gateway-routes); default: none (no gateway: no routes are written).",
 )
 @click.option("--wake-port", type=int, default=0, show_default=True, help="Scale to zero: POST /wake port; 0: off.")
+@click.option(
+    "--prometheus-url",
+    default="",
+    help="Prometheus base URL for rollout analysis (docs/ROLLOUT.md); default: none (steps continue on readiness).",
+)
+@click.option(
+    "--route-settle-seconds",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Rollouts: how long a Serve application is out of the gateway's route before it is removed.",
+)
 @click.option("--metrics-port", type=int, default=8080, show_default=True, help="Prometheus port; 0: off.")
 @click.option("--liveness", default=None, help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING"]), default="INFO", show_default=True)
@@ -121,6 +133,8 @@ def config_from_params(params: dict[str, Any]) -> OperatorConfig:
         poll_seconds=params["poll_seconds"],
         resync_seconds=params["resync_seconds"],
         wake_port=params["wake_port"],
+        prometheus_url=params["prometheus_url"] or None,
+        route_settle_seconds=params["route_settle_seconds"],
         gpu_check=params["gpu_check"],
         metric_check=params["metric_check"],
         monitoring=params["monitoring"],

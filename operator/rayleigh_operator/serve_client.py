@@ -121,6 +121,18 @@ def put_body(details: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]
     return body
 
 
+def put_apps(
+    details: dict[str, Any], desired: dict[str, Any], apps: dict[str, dict[str, Any] | None]
+) -> dict[str, Any]:
+    """The PUT body that sets each application in `apps` (None: removes it) and keeps every other
+    one as Serve runs it: during a rollout the slot not in `apps` keeps its own version and count
+    (`desired` lends only its HTTP options)."""
+    body = put_body(details, {**desired, "applications": [next(a for a in desired["applications"])]})
+    body["applications"] = [a for a in declarative_apps(details) if a["name"] not in apps]
+    body["applications"] += [a for a in apps.values() if a is not None]
+    return body
+
+
 def remove_body(details: dict[str, Any], app_name: str) -> dict[str, Any]:
     body: dict[str, Any] = {"applications": declarative_apps(details, except_name=app_name)}
     running_http = details.get("http_options")

@@ -27,15 +27,24 @@ import contextlib
 import dataclasses
 import logging
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import rayleigh_api as api
 from rayleigh_api.validation import SpecError
-from rayleigh_operator import metrics, render, serve_client
-from rayleigh_operator.kube import PODS, SECRETS, ApiError, KubeClient
+from rayleigh_operator import metrics, render, rollout, serve_client
+from rayleigh_operator.kube import MODEL_DEPLOYMENTS, PODS, SECRETS, ApiError, KubeClient
+from rayleigh_operator.rollout_state import (
+    PREVIOUS_SPEC_ANNOTATION,
+    STABLE_SPEC_ANNOTATION,
+    Rollouts,
+    spec_without_replicas,
+)
 from rayleigh_operator.state import Entry, OperatorConfig, Tracked, content_hash, parse_spec
 from rayleigh_operator.status_writer import StatusWriter
+from rayleigh_operator.subset import subset
 from rayleigh_serving.config import DEPLOYMENT_NAME
 
 log = logging.getLogger("rayleigh.operator")
@@ -49,12 +58,16 @@ class ServeSync:
         serve: serve_client.ServeClient,
         tracked: Tracked,
         status_writer: StatusWriter,
+        rollouts: Rollouts | None = None,
     ) -> None:
         self.kube = kube
         self.config = config
         self.serve = serve
         self.tracked = tracked
         self.status = status_writer
+        self.rollouts = rollouts or Rollouts(config.prometheus_url)
+        # The gateway's route follows the Serve slots (set by the reconciler: the routes writer).
+        self.on_route_change: Callable[[], None] = lambda: None
         self._head_locks: dict[str, asyncio.Lock] = {}
         # (namespace, name) -> (uid, token) of each ModelDeployment's Ray token Secret, as last read.
         self._tokens: dict[tuple[str, str], tuple[str, str]] = {}
@@ -101,27 +114,82 @@ class ServeSync:
             entry.serve_state = None
             return None
         entry.dashboard_error = None
-        state = serve_client.app_state(details, app_name, DEPLOYMENT_NAME)
         desired = self.config.serve_config_for(md)
-        app = desired["applications"][0]
-        app_hash = content_hash(app)
-        if state.status == "DEPLOY_FAILED" and serve_client.needs_push(app, state) is False:
+        app0 = desired["applications"][0]
+        names = rollout.slot_names(app_name)
+        app1 = {**app0, "name": names[1], "route_prefix": rollout.slot_prefix(app0["route_prefix"], 1)}
+        slots = (
+            rollout.observe(details, names[0], DEPLOYMENT_NAME),
+            rollout.observe(details, names[1], DEPLOYMENT_NAME),
+        )
+        want = rollout.revision(app0)
+        verdict = await self.rollouts.verdict(entry, md, want, slots)
+        surge, drain = rollout.step_sizes(md.spec.rollout.max_surge, md.spec.rollout.max_unavailable, md.spec.replicas)
+        mem = self.rollouts.of(entry)
+        p = rollout.plan(
+            slots, (app0, app1), md.spec.replicas, surge=surge, drain=drain, verdict=verdict, blocked=mem.blocked
+        )
+        if p.hold:
+            return entry.serve_state or serve_client.app_state(details, app_name, DEPLOYMENT_NAME)
+        self.rollouts.observe(entry, md, want, p)
+        by_name = {s.name: s for s in slots}
+        changes = {
+            name: cfg
+            for name, cfg in p.apps.items()
+            if (cfg is None and by_name[name].exists and not by_name[name].deleting)
+            or (
+                cfg is not None
+                and (by_name[name].deleting or by_name[name].config is None or not subset(cfg, by_name[name].config))
+            )
+        }
+        route_slots = _route_slots(p, slots)
+        removing = {name for name, cfg in changes.items() if cfg is None}
+        if removing:
+            # An application leaves the gateway's route first and is removed only once the gateways
+            # had time to read the new route (--route-settle-seconds): Serve's proxy answers 404 for a
+            # deleted application's prefix at once, so a request still sent to it would fail.
+            kept = tuple((i, w) for i, w in route_slots if slots[i].name not in removing)
+            route_slots = tuple((i, 100) for i, _ in kept[:1]) or route_slots
+            since = entry.unrouted_since.setdefault(frozenset(removing), time.monotonic())
+            settle = self.config.route_settle_seconds if self.config.routes_configmap else 0.0
+            if time.monotonic() - since < settle:
+                changes = {name: cfg for name, cfg in changes.items() if cfg is not None}
+                self.tracked.schedule(entry, settle)
+        else:
+            entry.unrouted_since.clear()
+        if route_slots != entry.route_slots:
+            entry.route_slots = route_slots
+            self.on_route_change()
+        if p.serving is not None and p.serving.revision == want and p.apps.get(p.serving.name) is not None:
+            await self._note_stable(entry)
+        state = _state(details, p)
+        app_hash = content_hash(p.apps)
+        if state.status == "DEPLOY_FAILED" and not changes and p.serving is not None:
             entry.failed_app_hash = app_hash  # Serve ran exactly this config and it failed
-        push = serve_client.needs_push(app, state) and entry.failed_app_hash != app_hash
+        push = bool(changes) and entry.failed_app_hash != app_hash
         if push and state.status == "MISSING" and entry.failed_app_hash == app_hash:
             push = False
         if push:
-            conflict = serve_client.route_conflict(details, app_name, app["route_prefix"])
+            conflict = next(
+                (
+                    c
+                    for name, cfg in changes.items()
+                    if cfg is not None
+                    and (c := serve_client.route_conflict(details, name, cfg["route_prefix"])) is not None
+                    and c not in names
+                ),
+                None,
+            )
             if conflict:
                 metrics.SERVE_DEPLOYS.labels("conflict").inc()
                 entry.serve_push_error = (
-                    f"route prefix {app['route_prefix']} is already served by Serve application "
+                    f"route prefix {app0['route_prefix']} is already served by Serve application "
                     f"{conflict!r} on this Ray cluster"
                 )
                 entry.failed_app_hash = app_hash
             else:
                 try:
-                    await self.serve.put(url, serve_client.put_body(details, desired), token=token)
+                    await self.serve.put(url, serve_client.put_apps(details, desired, changes), token=token)
                 except serve_client.ServeError as exc:
                     if exc.auth_refused:  # not the config's fault: read the token again, retry
                         self.forget_token(md)
@@ -135,7 +203,7 @@ class ServeSync:
                         entry.failed_app_hash = app_hash
                 else:
                     metrics.SERVE_DEPLOYS.labels("accepted").inc()
-                    log.info("%s/%s: Serve config pushed to %s", entry.namespace, entry.name, url)
+                    log.info("%s/%s: Serve config pushed to %s: %s", entry.namespace, entry.name, url, sorted(changes))
                     entry.serve_push_error = None
                     state = dataclasses.replace(
                         state,
@@ -144,6 +212,21 @@ class ServeSync:
                         else state.status,
                     )
         return state
+
+    async def _note_stable(self, entry: Entry) -> None:
+        """The spec runs everywhere: remember it for `rayleigh rollout undo` (annotations)."""
+        meta = entry.body.get("metadata") or {}
+        annotations = meta.get("annotations") or {}
+        spec = spec_without_replicas(entry.body)
+        stable = annotations.get(STABLE_SPEC_ANNOTATION)
+        if stable == spec:
+            return
+        patch = {STABLE_SPEC_ANNOTATION: spec}
+        if stable is not None:
+            patch[PREVIOUS_SPEC_ANNOTATION] = stable
+        with contextlib.suppress(ApiError):
+            await self.kube.patch(MODEL_DEPLOYMENTS, entry.namespace, entry.name, {"metadata": {"annotations": patch}})
+            meta.setdefault("annotations", {}).update(patch)
 
     async def _update_deletion_costs(self, entry: Entry, state: serve_client.AppState) -> None:
         """Idle worker pods go first on scale-down (pod-deletion-cost), updated when placement changes."""
@@ -177,8 +260,11 @@ class ServeSync:
                 if exc.reachable:
                     raise
                 return  # no Ray head, nothing to remove
-            if app_name in (details.get("applications") or {}):
-                await self.serve.put(url, serve_client.remove_body(details, app_name), token=token)
+            slots = set(rollout.slot_names(app_name))
+            if slots & set(details.get("applications") or {}):
+                body = serve_client.remove_body(details, app_name)
+                body["applications"] = [a for a in body["applications"] if a["name"] not in slots]
+                await self.serve.put(url, body, token=token)
                 log.info("%s/%s: Serve application %s removed from %s", entry.namespace, entry.name, app_name, url)
 
     async def ray_token(self, md: api.ModelDeployment) -> str | None:
@@ -209,6 +295,37 @@ class ServeSync:
 
     def forget_token(self, md: api.ModelDeployment) -> None:
         self._tokens.pop((md.namespace, md.name), None)
+
+
+def _route_slots(p: rollout.Plan, slots: tuple[rollout.Slot, rollout.Slot]) -> tuple[tuple[int, int], ...]:
+    """The gateway's backends as (slot, weight): the serving slot alone, or both by ready replicas."""
+    index = {s.name: i for i, s in enumerate(slots)}
+    if p.old is not None and p.new is not None and not p.new.deleting and p.new.exists:
+        w_old, w_new = rollout.weights(*rollout.seats(p))
+        if p.old.deleting or not p.old.exists:
+            return ((index[p.new.name], 100),)
+        return ((index[p.old.name], w_old), (index[p.new.name], w_new))
+    if p.old is not None:
+        return ((index[p.old.name], 100),)
+    serving = p.serving or slots[0]
+    return ((index.get(serving.name, 0), 100),)
+
+
+def _state(details: dict[str, Any], p: rollout.Plan) -> serve_client.AppState:
+    """Serve's view for status: the serving application, or both of a rollout together."""
+    if p.old is None or p.new is None:
+        name = p.serving.name if p.serving is not None else next(iter(p.apps), "")
+        return serve_client.app_state(details, name, DEPLOYMENT_NAME)
+    old = serve_client.app_state(details, p.old.name, DEPLOYMENT_NAME)
+    new = serve_client.app_state(details, p.new.name, DEPLOYMENT_NAME)
+    lead = old if old.status not in ("MISSING", "DELETING") else new
+    return dataclasses.replace(
+        lead,
+        status="RUNNING" if "RUNNING" in (old.status, new.status) else lead.status,
+        running_replicas=old.running_replicas + new.running_replicas,
+        target_replicas=(old.target_replicas or 0) + (new.target_replicas or 0),
+        replicas=[*old.replicas, *new.replicas],
+    )
 
 
 def _decoded(value: Any) -> str | None:

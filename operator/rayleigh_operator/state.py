@@ -79,6 +79,11 @@ class OperatorConfig:
     routes_debounce_seconds: float = 0.2
     # Scale to zero: the port of the wake endpoint the gateway POSTs to (idle.py); 0: none.
     wake_port: int = 0
+    # Rollout analysis (analysis.py): Prometheus' base URL; None: steps continue on readiness alone.
+    prometheus_url: str | None = None
+    # A Serve application leaves the gateway's route this long before it is removed (the gateways
+    # must have read the route without it: a mounted ConfigMap takes up to about a minute).
+    route_settle_seconds: float = 60.0
 
     # --- per-object settings -----------------------------------------------------------------
 
@@ -188,6 +193,10 @@ class Entry:
     serve_push_error: str | None = None
     failed_app_hash: str | None = None
     replica_placement: str | None = None
+    # The gateway's backends as (Serve slot, weight): slot 0 alone unless a rollout moved it (rollout.py).
+    route_slots: tuple[tuple[int, int], ...] = ((0, 100),)
+    # Applications waiting to be removed, and since when (monotonic) they are out of the route.
+    unrouted_since: dict[frozenset[str], float] = field(default_factory=dict)
     applied: bool = False
     # Set by the delete handler: the tracker must not deploy this application again.
     deleting: bool = False

@@ -289,7 +289,7 @@ WARNING_PHASES = {Phase.FAILED, Phase.DEGRADED}
 
 
 # Conditions independent of the phase: a change of theirs is posted even with a phase change.
-_OWN_EVENT = frozenset({ConditionType.CONFLICT})
+_OWN_EVENT = frozenset({ConditionType.CONFLICT, ConditionType.ROLLED_BACK})
 
 
 def transitions(previous: dict[str, Any] | None, current: dict[str, Any]) -> list[Transition]:
@@ -314,7 +314,13 @@ def transitions(previous: dict[str, Any] | None, current: dict[str, Any]) -> lis
         p = prev.get(ctype)
         if p is None or p.get("status") != c["status"] or p.get("reason") != c["reason"]:
             bad = (ctype == ConditionType.READY and c["status"] == "False") or (
-                ctype in (ConditionType.DEGRADED, ConditionType.AUTOSCALING_METRIC_MISSING, ConditionType.CONFLICT)
+                ctype
+                in (
+                    ConditionType.DEGRADED,
+                    ConditionType.AUTOSCALING_METRIC_MISSING,
+                    ConditionType.CONFLICT,
+                    ConditionType.ROLLED_BACK,
+                )
                 and c["status"] == "True"
             )
             out.append(

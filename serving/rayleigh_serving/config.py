@@ -28,7 +28,8 @@ Mapping (spec field -> vLLM engine argument, all under the LLMConfig's `engine_k
   adapters[]                -> the LLMServer deployment's user_config (adapter_sources.py): loaded and
                                unloaded on live replicas by reconfigure(), never a restart
   adapters[] non-empty, or engine.maxLoras -> enable_lora, max_loras, max_lora_rank, max_cpu_loras
-  replicas                  -> deployment_config.num_replicas (0: autoscaling_config 0..1 from 0)
+  replicas                  -> the LLMServer deployment's num_replicas (0: autoscaling_config 0..1
+                               from 0), outside `args`: a replica count change never restarts a replica
   serving.maxOngoingRequests -> deployment_config.max_ongoing_requests
   serving.streamBatchingIntervalMs -> experimental_configs.stream_batching_interval_ms
   routing.strategy, routing.balanceFactor -> under Serve's proxy ingress only:
@@ -235,8 +236,14 @@ def engine_kwargs_for(md: ModelDeployment, *, local_base: Path | None = None) ->
     return kw
 
 
-def _replica_count(replicas: int) -> dict[str, Any]:
-    """The Serve replica count for spec.replicas.
+def replica_count(replicas: int) -> dict[str, Any]:
+    """The Serve replica count for spec.replicas: options of the application's `deployments` entry.
+
+    Not in `args`: Serve hashes an application's `args` into its code version, and a new code
+    version replaces every replica (ray.serve deploy_utils.get_app_code_version); a count in the
+    `deployments` entry is a lightweight update (replicas are added or removed, the others keep
+    serving). Both options are always set (one of them null), so the count replaces whatever the
+    application's builder chose (Ray Serve LLM's default is an autoscaling range).
 
     Serve refuses `num_replicas: 0` (`.options()` raises), so zero (scale to zero) is an autoscaling
     range 0..1 that starts at 0: Serve stops the running replica at once (graceful shutdown) and
@@ -246,8 +253,11 @@ def _replica_count(replicas: int) -> dict[str, Any]:
     waits for the worker pod the wake brings back.
     """
     if replicas == 0:
-        return {"autoscaling_config": {"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1}}
-    return {"num_replicas": replicas}
+        return {
+            "num_replicas": None,
+            "autoscaling_config": {"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1},
+        }
+    return {"num_replicas": replicas, "autoscaling_config": None}
 
 
 def build_llm_config(
@@ -268,7 +278,6 @@ def build_llm_config(
         "log_engine_metrics": True,
         "deployment_config": {
             "name": DEPLOYMENT_NAME,
-            **_replica_count(spec.replicas),
             "health_check_period_s": HEALTH_CHECK_PERIOD_S,
             "health_check_timeout_s": HEALTH_CHECK_TIMEOUT_S,
             "graceful_shutdown_timeout_s": GRACEFUL_SHUTDOWN_TIMEOUT_S,
@@ -337,12 +346,14 @@ def build_serve_config(
         "route_prefix": route_prefix,
         "import_path": IMPORT_PATH,
         "args": {"llm_config": llm_config},
-        # The adapter list lives here, not in `args`: a user_config change reconfigures the live
-        # replicas, a change of `args` restarts them (ray.serve deploy_utils.get_app_code_version).
+        # The adapter list and the replica count live here, not in `args`: a user_config change
+        # reconfigures the live replicas, a replica count adds or removes replicas, a change of
+        # `args` restarts them all (ray.serve deploy_utils.get_app_code_version).
         "deployments": [
             {
                 "name": llm_config["deployment_config"]["name"],
                 "user_config": adapters_user_config(md.served_model_name(), adapters),
+                **replica_count(md.spec.replicas),
             }
         ],
     }

@@ -24,6 +24,17 @@ KNOWN_ROUTES = {
 }
 
 
+def route_label(scope: Scope) -> str:
+    """The `route` label of a request: its path within the application (an application on a route
+    prefix, e.g. a rollout's second slot `/b`, sees `path` = prefix + route with the prefix in
+    `root_path`, as ASGI servers pass it), one of KNOWN_ROUTES, else "other"."""
+    path = str(scope.get("path", ""))
+    root = str(scope.get("root_path", "")).rstrip("/")
+    if root and path.startswith(root + "/"):
+        path = path[len(root) :]
+    return path if path in KNOWN_ROUTES else "other"
+
+
 class RequestMetrics:
     """Rayleigh's per-replica request metrics, exported through Ray's metrics agent.
 
@@ -139,8 +150,7 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope.get("path", "")
-        route = path if path in KNOWN_ROUTES else "other"
+        route = route_label(scope)
         start = time.monotonic()
         status = 500
         stream_error = False

@@ -257,3 +257,32 @@ def test_argocd_health_configmap_is_a_valid_configmap() -> None:
         "namespace": "argocd",
         "labels": {"app.kubernetes.io/part-of": "argocd"},
     }
+
+
+def rollout_status(phase: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "phase": "Ready",
+        "observedGeneration": 3,
+        "readyReplicas": 2,
+        "conditions": ready_condition("True"),
+        "rollout": {"phase": phase, "step": 1, "steps": 2, **extra},
+    }
+
+
+def test_health_paused_rollout_is_suspended(health: Any) -> None:
+    status = rollout_status("Paused", reason="RolloutPaused", message="analysis inconclusive")
+    assert health(md(3, status)) == ("Suspended", "Rollout paused at step 1/2: analysis inconclusive")
+
+
+def test_health_rollout_in_progress_is_progressing(health: Any) -> None:
+    assert health(md(3, rollout_status("Progressing"))) == ("Progressing", "Rollout at step 1/2")
+
+
+def test_health_rolled_back_rollout_is_degraded_with_the_reason(health: Any) -> None:
+    status = rollout_status("RolledBack", reason="AnalysisFailed", message="error rate 100.0% vs 0.0%")
+    assert health(md(3, status)) == ("Degraded", "Rolled back (AnalysisFailed): error rate 100.0% vs 0.0%")
+
+
+def test_health_completed_rollout_is_healthy(health: Any) -> None:
+    status = {**rollout_status("Completed"), "endpoint": "http://gw/v1"}
+    assert health(md(3, status)) == ("Healthy", "Ready: 2 replica(s) at http://gw/v1")

@@ -229,10 +229,7 @@ def test_scale_changes_serve_replicas_without_redeploying(deployed: Deployed) ->
     # The replica that was serving keeps serving: a replica-count change is not a redeploy.
     running_after = {r["replica_id"] for r in dep["replicas"] if r["state"] == "RUNNING"}
     assert running_before <= running_after
-    assert (
-        serve_apps(dashboard)[APP]["deployed_app_config"]["args"]["llm_config"]["deployment_config"]["num_replicas"]
-        == 2
-    )
+    assert serve_apps(dashboard)[APP]["deployed_app_config"]["deployments"][0]["num_replicas"] == 2
 
 
 def test_serve_app_lost_by_a_head_restart_is_reapplied(deployed: Deployed) -> None:

@@ -144,7 +144,7 @@ def test_workers_replicas_follow_spec_and_rollout_knobs() -> None:
     md = load(REPO / "manifests" / "examples" / "qwen-lora.yaml")
     dep = workers(r.render(md))
     assert dep["spec"]["replicas"] == 2
-    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
 
 
 def test_pod_template_hash_changes_with_image_not_with_replicas() -> None:

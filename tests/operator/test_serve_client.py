@@ -49,6 +49,24 @@ def test_put_replaces_an_older_version_of_the_same_application() -> None:
     assert body["applications"] == [OTHER, MINE]
 
 
+def test_put_apps_keeps_the_other_slot_as_serve_runs_it() -> None:
+    """A rollout changes one slot: the other keeps its deployed version and replica count (not
+    the spec's, which would start the new version's replicas in the old slot too)."""
+    running_old = {**MINE, "args": {"n": 0, "replicas": 1}}
+    new_slot = {**MINE, "name": "m-op-b", "route_prefix": "/m-op/b", "args": {"n": 1, "replicas": 1}}
+    body = serve_client.put_apps(details(OTHER, running_old), desired(MINE), {"m-op-b": new_slot})
+    by_name = {a["name"]: a for a in body["applications"]}
+    assert by_name == {"tiny": OTHER, "m-op": running_old, "m-op-b": new_slot}
+    body = serve_client.put_apps(details(OTHER, running_old, new_slot), desired(MINE), {"m-op": None})
+    assert {a["name"]: a for a in body["applications"]} == {"tiny": OTHER, "m-op-b": new_slot}
+    assert body["http_options"] == {"host": "127.0.0.1", "port": 41234}
+
+
+def test_put_apps_on_a_fresh_cluster_deploys_only_the_apps_given() -> None:
+    body = serve_client.put_apps({"applications": {}}, desired(MINE), {"m-op": MINE})
+    assert body["applications"] == [MINE] and body["http_options"] == {"host": "0.0.0.0", "port": 8000}
+
+
 def test_put_on_a_fresh_cluster_uses_the_configs_http_options() -> None:
     body = serve_client.put_body({"applications": {}}, desired(MINE))
     assert body["http_options"] == {"host": "0.0.0.0", "port": 8000}

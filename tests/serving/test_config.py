@@ -192,8 +192,17 @@ def test_adapter_from_an_unknown_scheme_is_rejected_by_the_api_with_its_field() 
 
 
 def test_replicas_and_max_ongoing_requests_reach_deployment_config() -> None:
-    dep = llm(build_serve_config(md(replicas=3, serving={"maxOngoingRequests": 32})))["deployment_config"]
-    assert (dep["num_replicas"], dep["max_ongoing_requests"]) == (3, 32)
+    config = build_serve_config(md(replicas=3, serving={"maxOngoingRequests": 32}))
+    assert llm(config)["deployment_config"]["max_ongoing_requests"] == 32
+    (dep,) = config["applications"][0]["deployments"]
+    assert (dep["num_replicas"], dep["autoscaling_config"]) == (3, None)
+
+
+def test_the_replica_count_is_outside_the_args_so_a_scale_restarts_no_replica() -> None:
+    """Serve hashes `args` into the application's code version: a new one replaces every replica."""
+    one, three = (build_serve_config(md(replicas=n))["applications"][0] for n in (1, 3))
+    assert one["args"] == three["args"]
+    assert "num_replicas" not in one["args"]["llm_config"]["deployment_config"]
 
 
 def test_stream_batching_interval_reaches_experimental_configs() -> None:
@@ -248,8 +257,8 @@ def test_config_module_imports_neither_ray_nor_vllm() -> None:
 def test_zero_replicas_is_a_serve_autoscaling_range_that_starts_at_zero() -> None:
     """Serve refuses num_replicas 0: scale to zero stops the replica through autoscaling 0..1 from 0."""
     auto = {"minReplicas": 0, "maxReplicas": 2, "idleSeconds": 60}
-    dep = llm(build_serve_config(md(replicas=0, autoscaling=auto)))["deployment_config"]
-    assert "num_replicas" not in dep
+    (dep,) = build_serve_config(md(replicas=0, autoscaling=auto))["applications"][0]["deployments"]
+    assert dep["num_replicas"] is None
     assert dep["autoscaling_config"] == {"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1}
 
 
