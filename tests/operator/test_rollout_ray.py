@@ -42,6 +42,7 @@ from tests.plugins.prometheus_server import prometheus
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
 NAME = "roll"
+MODEL = "roll-qwen"
 APPS = ("roll-op", "roll-op-b")
 ROUTES_CM = "roll-gateway-routes"
 BAD_TEMPLATE = "{{ raise_exception('this chat template is broken') }}"
@@ -61,6 +62,9 @@ def replicas_of(apps: dict[str, Any], name: str) -> list[dict[str, Any]]:
 def doc(**spec: Any) -> dict[str, Any]:
     d: dict[str, Any] = yaml.safe_load((EXAMPLES_DIR / "tiny.yaml").read_text())
     d["metadata"] = {"name": NAME, "namespace": "default"}
+    # A model name of its own: ModelDeployments other tests left in the session's API server serve
+    # tiny-qwen, and the older one keeps a name (ModelNameConflict: this one would get no route).
+    d["spec"]["model"]["servedModelName"] = MODEL
     d["spec"]["replicas"] = 2
     d["spec"]["gateway"] = {"public": True}
     d["spec"]["rollout"] = {
@@ -107,7 +111,7 @@ class Harness:
 
     def client(self) -> None:
         """Streams chat completions through the gateway, one after the other, until stopped."""
-        body = {"model": "tiny-qwen", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "stream": True}
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "stream": True}
         deadline = time.monotonic() + 900
         with httpx.Client(timeout=60) as http:
             while not self.stop.is_set() and time.monotonic() < deadline:

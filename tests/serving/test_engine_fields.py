@@ -134,8 +134,8 @@ def test_max_num_seqs_caps_running_requests(app: fa.FieldsApp) -> None:
                 t.join(600)
         if observed:
             break
-    assert observed, f"never saw {fa.MAX_NUM_SEQS} running with requests waiting: {seen[-20:]}"
     assert not errors, errors[:2]
+    assert observed, f"never saw {fa.MAX_NUM_SEQS} running with requests waiting: {seen[-20:]}"
     assert max(r for r, _ in seen) <= fa.MAX_NUM_SEQS, seen
 
 
