@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import time
 import urllib.parse
@@ -17,6 +15,7 @@ from typing import Any
 import yaml
 
 from tests.plugins.common import free_port
+from tests.plugins.kube import stop_process
 
 PROMETHEUS = "/usr/bin/prometheus"
 
@@ -58,13 +57,7 @@ def prometheus(targets: list[str], workdir: Path) -> Iterator[str]:
             time.sleep(0.2)
         yield url
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
+        stop_process(proc)
 
 
 def query(url: str, expr: str) -> list[dict[str, Any]]:
