@@ -30,6 +30,14 @@ INGRESS_ENV_VAR = "RAYLEIGH_SERVE_INGRESS"
 # (default 0.1 s) is not on the request path; on a small machine its idle work competes with the engine.
 RAY_SERVE_ENV = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5"}
 
+# Under HAProxy, a stopping replica (scale-down, rollout step, update, app deletion) stays reachable
+# this long before it closes its listener and drains what it has in flight. Ray's default (30 s) is
+# for a load balancer outside Ray; the only one in front of Rayleigh's replicas is Ray's own HAProxy,
+# which the Serve controller updates by push within a control loop (0.5 s above) and a reload, and
+# which retries a connection the closed listener refuses (`retry-on conn-failure`, `redispatch`).
+# Every replica stop and every maxSurge-0 rollout step was 30 s longer with the default.
+HAPROXY_DEREGISTRATION_S = 5
+
 
 def check_ingress(ingress: str) -> str:
     if ingress not in INGRESS_VARIANTS:
@@ -72,6 +80,7 @@ def ray_env(ingress: str, routing: Routing | None = None) -> dict[str, str]:
     env = dict(RAY_SERVE_ENV)
     if check_ingress(ingress) == "haproxy":
         env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+        env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = str(HAPROXY_DEREGISTRATION_S)
         env["RAY_SERVE_HAPROXY_BALANCE_ALGORITHM"] = haproxy_balance(routing or Routing())
     return env
 

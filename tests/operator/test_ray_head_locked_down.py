@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from rayleigh_operator import render as r
 from rayleigh_operator import serve_client
 from rayleigh_serving.local import free_port
 from tests.plugins.common import EXAMPLES_DIR
+from tests.plugins.kube import stop_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -114,12 +114,9 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             time.sleep(0.5)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        # `ray start --block` and the GCS wait for each other for about 30 s after SIGTERM with
+        # nothing to flush (rayleigh_serving.local._still_stopping): SIGKILL the group after 3 s.
+        stop_process(proc, timeout=3)
 
 
 async def test_read_only_ray_head_serves_the_operator_with_its_token_only(head: str) -> None:

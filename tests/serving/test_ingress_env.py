@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from rayleigh_serving.ingress import DEFAULT_INGRESS, INGRESS_ENV_VAR, default_ingress, local_haproxy_env, ray_env
+from rayleigh_serving.config import GRACEFUL_SHUTDOWN_TIMEOUT_S
+from rayleigh_serving.ingress import (
+    DEFAULT_INGRESS,
+    HAPROXY_DEREGISTRATION_S,
+    INGRESS_ENV_VAR,
+    default_ingress,
+    local_haproxy_env,
+    ray_env,
+)
 
 
 def test_haproxy_variant_turns_on_rays_haproxy_ingress() -> None:
@@ -18,6 +26,14 @@ def test_both_variants_share_rayleighs_control_loop_setting() -> None:
     assert (
         ray_env("haproxy")["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"] == ray_env("proxy")["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"]
     )
+
+
+def test_a_stopping_replica_waits_seconds_not_half_a_minute_for_haproxy_to_drop_it() -> None:
+    assert ray_env("haproxy")["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == str(HAPROXY_DEREGISTRATION_S)
+    assert HAPROXY_DEREGISTRATION_S < 30  # Ray's default, meant for load balancers outside Ray
+    # Ray raises a replica's graceful_shutdown_timeout_s to the window + 5 s when it is shorter
+    # (RAY_SERVE_DIRECT_INGRESS_SHUTDOWN_BUFFER_S): Rayleigh's own timeout must stay the one that applies.
+    assert GRACEFUL_SHUTDOWN_TIMEOUT_S >= HAPROXY_DEREGISTRATION_S + 5
 
 
 def test_unknown_variant_names_the_choices() -> None:
