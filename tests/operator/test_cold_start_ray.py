@@ -35,8 +35,8 @@ import yaml
 
 from tests.gateway.harness import GatewayProcess, write_yaml
 from tests.operator.test_operator_ray import live_apps, serve_apps
-from tests.plugins.common import EXAMPLES_DIR, REPO_ROOT, free_port
-from tests.plugins.kube import Kube, OperatorProcess, wait_for
+from tests.plugins.common import EXAMPLES_DIR, free_port
+from tests.plugins.kube import Kube, OperatorProcess, shared_head_operator_args, wait_for
 from tests.plugins.kubelet import KubeletStandIn
 
 # Generous: on a busy 2-core machine the shared serving stack alone took 530 s to start (setup counts).
@@ -91,25 +91,7 @@ def stack(kube: Kube, serving_stack: Any, tmp_path_factory: pytest.TempPathFacto
     wake_port = free_port()
     op = OperatorProcess(
         kube,
-        [
-            "--dashboard-url",
-            serving_stack.dashboard_url,
-            "--external-ray",
-            "--app-name",
-            "{name}-op",
-            "--route-prefix",
-            "/{name}-op",
-            "--endpoint",
-            f"http://127.0.0.1:{port}{{route_prefix}}/v1",
-            "--local-base",
-            str(REPO_ROOT),
-            "--poll-seconds",
-            "0.5",
-            "--resync-seconds",
-            "2",
-            "--wake-port",
-            str(wake_port),
-        ],
+        [*shared_head_operator_args(serving_stack.dashboard_url, port=port), "--wake-port", str(wake_port)],
         tmp / "operator.log",
     ).start()
     routes = tmp / "routes"

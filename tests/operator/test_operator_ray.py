@@ -32,8 +32,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.plugins.common import EXAMPLES_DIR, REPO_ROOT
-from tests.plugins.kube import Kube, OperatorProcess, wait_for
+from tests.plugins.common import EXAMPLES_DIR
+from tests.plugins.kube import Kube, OperatorProcess, shared_head_operator_args, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -74,23 +74,7 @@ def deployed(kube: Kube, serving_stack: Any, tmp_path_factory: pytest.TempPathFa
     port = serving_stack.base_url.rsplit(":", 1)[1]
     op = OperatorProcess(
         kube,
-        [
-            "--dashboard-url",
-            serving_stack.dashboard_url,
-            "--external-ray",
-            "--app-name",
-            "{name}-op",
-            "--route-prefix",
-            "/{name}-op",
-            "--endpoint",
-            f"http://127.0.0.1:{port}{{route_prefix}}/v1",
-            "--local-base",
-            str(REPO_ROOT),
-            "--poll-seconds",
-            "0.5",
-            "--resync-seconds",
-            "2",
-        ],
+        shared_head_operator_args(serving_stack.dashboard_url, port=port),
         tmp_path_factory.mktemp("operator") / "operator.log",
     ).start()
     broken = yaml.safe_load((EXAMPLES_DIR / "tiny.yaml").read_text())

@@ -35,8 +35,8 @@ import pytest
 import yaml
 
 from tests.gateway.harness import GatewayProcess, write_yaml
-from tests.plugins.common import EXAMPLES_DIR, REPO_ROOT
-from tests.plugins.kube import Kube, OperatorProcess, wait_for
+from tests.plugins.common import EXAMPLES_DIR
+from tests.plugins.kube import Kube, OperatorProcess, shared_head_operator_args, wait_for
 from tests.plugins.prometheus_server import prometheus
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
@@ -179,19 +179,7 @@ def harness(kube: Kube, serving_stack: Any, tmp_path_factory: pytest.TempPathFac
         op = OperatorProcess(
             kube,
             [
-                "--dashboard-url",
-                serving_stack.dashboard_url,
-                "--external-ray",
-                "--app-name",
-                "{name}-op",
-                "--route-prefix",
-                "/{name}-op",
-                "--local-base",
-                str(REPO_ROOT),
-                "--poll-seconds",
-                "0.5",
-                "--resync-seconds",
-                "5",
+                *shared_head_operator_args(serving_stack.dashboard_url, resync_seconds=5),
                 "--routes-configmap",
                 ROUTES_CM,
                 "--prometheus-url",

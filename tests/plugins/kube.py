@@ -243,6 +243,19 @@ class Kube:
 
 
 @dataclass
+def shared_head_operator_args(dashboard_url: str, *, resync_seconds: float = 2, port: int | None = None) -> list[str]:
+    """The operator's flags for driving the serving tests' shared local Ray head (`serving_stack`)
+    instead of Ray pods: each ModelDeployment becomes the Serve application `NAME-op` on `/NAME-op`
+    (beside the head's own tiny app), polled every 0.5 s; with `port` (the head's Serve port), its
+    status endpoint is that local address."""
+    args = ["--dashboard-url", dashboard_url, "--external-ray", "--app-name", "{name}-op"]
+    args += ["--route-prefix", "/{name}-op", "--local-base", str(REPO_ROOT)]
+    args += ["--poll-seconds", "0.5", "--resync-seconds", str(resync_seconds)]
+    if port is not None:
+        args += ["--endpoint", f"http://127.0.0.1:{port}{{route_prefix}}/v1"]
+    return args
+
+
 class OperatorProcess:
     """`rayleigh operator` as a real subprocess (its own process group) against the emulator."""
 
