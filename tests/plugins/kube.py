@@ -242,7 +242,6 @@ class Kube:
             switch(True)
 
 
-@dataclass
 def shared_head_operator_args(dashboard_url: str, *, resync_seconds: float = 2, port: int | None = None) -> list[str]:
     """The operator's flags for driving the serving tests' shared local Ray head (`serving_stack`)
     instead of Ray pods: each ModelDeployment becomes the Serve application `NAME-op` on `/NAME-op`
@@ -256,6 +255,7 @@ def shared_head_operator_args(dashboard_url: str, *, resync_seconds: float = 2, 
     return args
 
 
+@dataclass
 class OperatorProcess:
     """`rayleigh operator` as a real subprocess (its own process group) against the emulator."""
 
