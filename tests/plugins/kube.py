@@ -242,7 +242,9 @@ class Kube:
             switch(True)
 
 
-def shared_head_operator_args(dashboard_url: str, *, resync_seconds: float = 2, port: int | None = None) -> list[str]:
+def shared_head_operator_args(
+    dashboard_url: str, *, resync_seconds: float = 2, port: int | str | None = None
+) -> list[str]:
     """The operator's flags for driving the serving tests' shared local Ray head (`serving_stack`)
     instead of Ray pods: each ModelDeployment becomes the Serve application `NAME-op` on `/NAME-op`
     (beside the head's own tiny app), polled every 0.5 s; with `port` (the head's Serve port), its

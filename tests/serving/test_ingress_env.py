@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from ray.serve._private.constants import RAY_SERVE_DIRECT_INGRESS_SHUTDOWN_BUFFER_S
 
 from rayleigh_serving.config import GRACEFUL_SHUTDOWN_TIMEOUT_S
 from rayleigh_serving.ingress import (
@@ -31,9 +32,9 @@ def test_both_variants_share_rayleighs_control_loop_setting() -> None:
 def test_a_stopping_replica_waits_seconds_not_half_a_minute_for_haproxy_to_drop_it() -> None:
     assert ray_env("haproxy")["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == str(HAPROXY_DEREGISTRATION_S)
     assert HAPROXY_DEREGISTRATION_S < 30  # Ray's default, meant for load balancers outside Ray
-    # Ray raises a replica's graceful_shutdown_timeout_s to the window + 5 s when it is shorter
-    # (RAY_SERVE_DIRECT_INGRESS_SHUTDOWN_BUFFER_S): Rayleigh's own timeout must stay the one that applies.
-    assert GRACEFUL_SHUTDOWN_TIMEOUT_S >= HAPROXY_DEREGISTRATION_S + 5
+    # Ray raises a replica's graceful_shutdown_timeout_s to the window + its buffer when it is shorter
+    # (ray/serve/_private/deploy_utils.py): Rayleigh's own timeout must stay the one that applies.
+    assert GRACEFUL_SHUTDOWN_TIMEOUT_S >= HAPROXY_DEREGISTRATION_S + RAY_SERVE_DIRECT_INGRESS_SHUTDOWN_BUFFER_S
 
 
 def test_unknown_variant_names_the_choices() -> None:
