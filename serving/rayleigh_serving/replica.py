@@ -27,6 +27,7 @@ import os
 from typing import Any
 
 from ray import serve
+from ray._common.usage.usage_lib import usage_stats_enabled
 from ray.llm._internal.common.callbacks.base import CallbackBase, CallbackConfig
 from ray.llm._internal.common.utils.cloud_utils import is_remote_path
 from ray.llm._internal.serve.core.server.llm_server import LLMServer, _add_openai_models_retrieve_route
@@ -85,6 +86,23 @@ class RayleighLLMServer(LLMServer):  # type: ignore[misc]
             )
             llm_config._callback_instance = None
         await super().__init__(llm_config)
+
+    async def _start_engine(self) -> None:
+        """Ray Serve LLM's engine start, without its usage-telemetry push where usage stats are off.
+
+        Once the engine is up, Ray Serve LLM's LLMServer reports the model to a detached
+        `TelemetryAgent` actor on the head node and waits for it (`push_telemetry_report_for_all_models`),
+        even with RAY_USAGE_STATS_ENABLED=0, which `rayleigh up` and the operator's Ray pods set.
+        The first replica of a cluster thereby waits for a fresh Ray worker to start: 3-4 s of a
+        2-core machine's start to first answer (py-spy of the replica, docs/benchmarks/local_start.md),
+        and every scale-from-zero on a fresh head pays it again. With usage stats on, Ray's own path runs.
+        """
+        if usage_stats_enabled():
+            await super()._start_engine()
+            return
+        if self.engine is None:
+            raise ValueError("Engine is not set")
+        await self.engine.start()
 
     async def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         """Serve calls this after __init__ and on each user_config change: the adapter list (adapters.py)."""

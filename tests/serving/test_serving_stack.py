@@ -271,3 +271,14 @@ def test_engine_gauges_stay_exported_while_the_replica_is_idle(
     running = re.findall(r'^ray_vllm_num_requests_running\{[^}]*model_name="tiny-qwen"[^}]*\} (\S+)$', text, re.M)
     assert running and {float(v) for v in running} == {0.0}
     assert re.search(r'^ray_rayleigh_serving_requests_in_flight\{[^}]*route="/v1/chat/completions"', text, re.M)
+
+
+def test_replicas_skip_ray_serve_llm_telemetry_while_usage_stats_are_off(serving_stack: ServingStack) -> None:
+    """Ray Serve LLM would create a TelemetryAgent actor once the engine is up and wait for it
+    (a fresh Ray worker: 3-4 s of start-up); the stack's Ray runs with RAY_USAGE_STATS_ENABLED=0."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=serving_stack.dashboard_url, filters=[("state", "=", "ALIVE")], limit=1000)
+    classes = {a.class_name for a in actors}
+    assert f"ServeReplica:{serving_stack.app_name}:LLMServer" in classes  # the listing sees the replica
+    assert "TelemetryAgent" not in classes
