@@ -93,9 +93,9 @@ class RayleighLLMServer(LLMServer):  # type: ignore[misc]
         Once the engine is up, Ray Serve LLM's LLMServer reports the model to a detached
         `TelemetryAgent` actor on the head node and waits for it (`push_telemetry_report_for_all_models`),
         even with RAY_USAGE_STATS_ENABLED=0, which `rayleigh up` and the operator's Ray pods set.
-        The first replica of a cluster thereby waits for a fresh Ray worker to start: 3-4 s of a
-        2-core machine's start to first answer (py-spy of the replica, docs/benchmarks/local_start.md),
-        and every scale-from-zero on a fresh head pays it again. With usage stats on, Ray's own path runs.
+        The first replica of a Ray head thereby waits for a fresh Ray worker to start (4 s of the
+        replica's start in a py-spy timeline; `rayleigh up`'s first answer 0.9-3.2 s sooner without
+        it in alternating pairs, docs/benchmarks/local_start.md). With usage stats on, Ray's own path runs.
         """
         if usage_stats_enabled():
             await super()._start_engine()

@@ -275,7 +275,8 @@ def test_engine_gauges_stay_exported_while_the_replica_is_idle(
 
 def test_replicas_skip_ray_serve_llm_telemetry_while_usage_stats_are_off(serving_stack: ServingStack) -> None:
     """Ray Serve LLM would create a TelemetryAgent actor once the engine is up and wait for it
-    (a fresh Ray worker: 3-4 s of start-up); the stack's Ray runs with RAY_USAGE_STATS_ENABLED=0."""
+    (a fresh Ray worker, delaying the replica's readiness); the stack's Ray runs with
+    RAY_USAGE_STATS_ENABLED=0."""
     from ray.util.state import list_actors
 
     actors = list_actors(address=serving_stack.dashboard_url, filters=[("state", "=", "ALIVE")], limit=1000)
